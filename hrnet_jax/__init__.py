@@ -1,0 +1,3 @@
+"""hrnet_jax: HRNet (High-Resolution Network) in JAX / Flax Linen."""
+
+__version__ = "0.1.0"
