@@ -1,0 +1,64 @@
+"""The HRNet model: backbone + one representation head, as a single Linen module.
+
+``HRNet(...).apply(variables, images_nhwc, train=bool, mutable=[...])``. Outputs by ``head``:
+
+* ``"classification"``: logits (B, num_classes)
+* ``"pose"`` (V1): heatmaps (B, H/4, W/4, num_outputs)
+* ``"segmentation"`` (V2): logits (B, H/4, W/4, num_outputs)
+* ``"ocr"``: tuple (aux logits, logits), both (B, H/4, W/4, num_outputs)
+* ``"v2p"``: tuple of 5 pyramid levels (B, H/2^(i+2), W/2^(i+2), 256)
+* ``"features"``: tuple of the four stage-4 streams (C, 2C, 4C, 8C channels at strides 4, 8, 16, 32)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from hrnet_jax.models.backbone import HRNetConfig, backbone
+from hrnet_jax.models.heads import classification_head, hrfpn_neck, pose_head, segmentation_head
+from hrnet_jax.models.layers import KAIMING_FAN_OUT
+from hrnet_jax.models.ocr import ocr_head
+from hrnet_jax.models.stage import ModuleOptions
+
+HEADS = ("classification", "pose", "segmentation", "ocr", "v2p", "features")
+
+
+class HRNet(nn.Module):
+    config: HRNetConfig
+    head: str = "classification"
+    num_outputs: int = 1000
+    head_conv_bias: bool = True  # classification head convs (False for the PaddleClas "ssld" weights)
+    bn_momentum: float = 0.9  # Flax convention (PyTorch 0.1); 0.99 for the SEG master/v1.1 branches
+    upsample: str = "nearest"
+    align_corners: bool = False
+    scan: bool = True
+    remat: Optional[str] = None
+    dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = KAIMING_FAN_OUT
+
+    @property
+    def opts(self) -> ModuleOptions:
+        return ModuleOptions(bn_momentum=self.bn_momentum, upsample=self.upsample,
+                             align_corners=self.align_corners, scan=self.scan, remat=self.remat,
+                             dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+        opts = self.opts
+        xs = backbone(images, self.config, opts, train, multi_scale_output=self.head != "pose")
+        if self.head == "classification":
+            return classification_head(xs, opts, train, self.num_outputs, self.head_conv_bias)
+        if self.head == "pose":
+            return pose_head(xs, opts, train, self.num_outputs)
+        if self.head == "segmentation":
+            return segmentation_head(xs, opts, train, self.num_outputs)
+        if self.head == "ocr":
+            return ocr_head(xs, opts, train, self.num_outputs)
+        if self.head == "v2p":
+            return hrfpn_neck(xs, opts, train)
+        return tuple(x.astype(jnp.float32) for x in xs)

@@ -1,0 +1,82 @@
+"""Streams: a run of residual blocks at one resolution, and the scan-or-unroll helper for repeated units.
+
+Identical consecutive units (the blocks of a stream, the modules of a stage) run under ``nn.scan`` with
+stacked parameters when ``scan=True``; the scanned run is named ``"start:stop"`` after the PyTorch indices it
+replaces (``layer1.1:4`` holds blocks 1, 2, 3). With ``scan=False`` each unit is named by its index, which is
+exactly the PyTorch layout. :func:`hrnet_jax.models.params.restack` converts between the two.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from hrnet_jax.models.blocks import BLOCKS
+from hrnet_jax.models.layers import KAIMING_FAN_OUT
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep conv/matmul outputs, recompute BN/ReLU
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat_wrap(cls, remat: Optional[str], scan: bool):
+    if not remat:
+        return cls
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)} or None")
+    return nn.remat(cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+
+
+def _scan_body(module, carry, _):
+    return module(carry), None
+
+
+def repeat(cls, kwargs: dict, x, *, start: int, count: int, scan: bool, remat: Optional[str] = None):
+    """Applies ``count`` copies of ``cls(**kwargs)`` in sequence, scanned (stacked params) or unrolled."""
+    if count <= 0:
+        return x
+    cls = remat_wrap(cls, remat, scan)
+    if scan and count > 1:
+        scanned = nn.scan(_scan_body, variable_axes={"params": 0, "batch_stats": 0},
+                          split_rngs={"params": True, "dropout": True}, length=count)
+        x, _ = scanned(cls(**kwargs, name=f"{start}:{start + count}"), x, None)
+        return x
+    for i in range(start, start + count):
+        x = cls(**kwargs, name=str(i))(x)
+    return x
+
+
+class Stream(nn.Module):
+    """One resolution stream of a high-resolution module (``branches.b``): ``num_blocks`` residual blocks.
+
+    The first block gets a 1x1 projection shortcut when the input width differs from the output width
+    (never the case in the published configs for BASIC streams).
+    """
+
+    block: str
+    num_blocks: int
+    planes: int
+    in_channels: int
+    train: bool = False
+    scan: bool = True
+    bn_momentum: float = 0.9
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = KAIMING_FAN_OUT
+
+    @nn.compact
+    def __call__(self, x):
+        cls = BLOCKS[self.block]
+        common = dict(planes=self.planes, train=self.train, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                      param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        start = 0
+        if self.in_channels != self.planes * cls.expansion:
+            x = cls(**common, downsample=True, name="0")(x)
+            start = 1
+        return repeat(cls, common, x, start=start, count=self.num_blocks - start, scan=self.scan)
