@@ -1,0 +1,101 @@
+"""Variable-tree utilities: scanned <-> unrolled restacking and the PyTorch key mapping.
+
+Scanned runs are named ``"start:stop"`` and hold parameters stacked on a leading axis; unrolled units are
+named by index. :func:`restack` converts any tree to the layout of a target tree (both directions, and
+between different scan splits), matching children by index.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+_RANGE = re.compile(r"^(\d+):(\d+)$")
+
+
+def _element(tree: Mapping, i: int, path: str):
+    """Child ``i`` of ``tree``: an unrolled child ``"i"`` or slice ``i`` of a scanned ``"a:b"`` child."""
+    if str(i) in tree:
+        return tree[str(i)]
+    for k, v in tree.items():
+        m = _RANGE.match(k)
+        if m and int(m.group(1)) <= i < int(m.group(2)):
+            off = i - int(m.group(1))
+            return jax.tree_util.tree_map(lambda a: a[off], v)
+    raise KeyError(f"{path}/{i}")
+
+
+def restack(tree: Mapping, target: Mapping, path: str = "") -> dict:
+    """Returns ``tree``'s values laid out like ``target`` (a tree of arrays or ShapeDtypeStructs)."""
+    out = {}
+    for k, t in target.items():
+        p = f"{path}/{k}"
+        m = _RANGE.match(k)
+        if k in tree:
+            src = tree[k]
+        elif m:
+            start, stop = int(m.group(1)), int(m.group(2))
+            parts = [_element(tree, i, path) for i in range(start, stop)]
+            src = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *parts)
+        elif k.isdigit():
+            src = _element(tree, int(k), path)
+        else:
+            raise KeyError(p)
+        if isinstance(t, Mapping):
+            out[k] = restack(src, t, p)
+        else:
+            if tuple(np.shape(src)) != tuple(t.shape):
+                raise ValueError(f"{p}: shape {tuple(np.shape(src))} != expected {tuple(t.shape)}")
+            out[k] = src
+    return out
+
+
+def flatten(tree: Mapping, prefix: tuple = ()) -> dict:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            flat.update(flatten(v, prefix + (k,)))
+        else:
+            flat[prefix + (k,)] = v
+    return flat
+
+
+def unflatten(flat: Mapping) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return tree
+
+
+_LEAF_TO_TORCH = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
+                  ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+
+
+def torch_key(collection: str, path: tuple) -> str:
+    """PyTorch state-dict key of an (unrolled) Flax variable."""
+    return ".".join(path[:-1] + (_LEAF_TO_TORCH[(collection, path[-1])],))
+
+
+def torch_to_flax_array(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    if collection == "params" and path[-1] == "kernel":
+        if value.ndim == 4:  # Conv2d (O, I, kh, kw) -> (kh, kw, I, O)
+            return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        if value.ndim == 2:  # Linear (out, in) -> (in, out)
+            return np.ascontiguousarray(value.T)
+    return value
+
+
+def flax_to_torch_array(collection: str, path: tuple, value: Any) -> np.ndarray:
+    value = np.asarray(value)
+    if collection == "params" and path[-1] == "kernel":
+        if value.ndim == 4:
+            return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+        if value.ndim == 2:
+            return np.ascontiguousarray(value.T)
+    return value
