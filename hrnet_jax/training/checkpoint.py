@@ -1,0 +1,132 @@
+"""Checkpoints: one Orbax (V0) CheckpointManager for the train state and the grain iterator state, plus
+reading/writing plain variable checkpoints ``{params, batch_stats}`` for ``--init_from``.
+
+Layout: ``<workdir>/checkpoints/<step>/{state, data}``. Restores always go through an abstract target whose
+leaves carry the *current* mesh's NamedShardings, so a checkpoint written on 8 devices restores on 1.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+class Checkpointer:
+    """Keep-last-N plus best-by-metric, async saves, train state + data iterator in one step directory."""
+
+    def __init__(self, directory: str, *, keep: int = 3, best_metric: str = "", best_mode: str = "max",
+                 async_save: bool = True):
+        policies = [cm.LatestN(n=keep)]
+        if best_metric:
+            key = f"eval/{best_metric}"
+            policies.append(cm.BestN(get_metric_fn=lambda m: m[key], reverse=best_mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=cm.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iter: Any = None, metrics: dict | None = None) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
+        """Restores ``state`` onto ``abstract_state``'s shardings, and ``data_iter`` in place."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self.manager.restore(int(step), args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# -- variable checkpoints (converted weights) -------------------------------------------------------------
+
+def save_variables(path: str, variables: dict) -> None:
+    """Writes ``{"params": ..., "batch_stats": ...}`` as an Orbax PyTree checkpoint (what ``--init_from`` reads)."""
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), variables, force=True)
+
+
+def load_variables(path: str) -> dict:
+    """Reads a variables checkpoint as host numpy arrays (no device layout needed: works on any mesh)."""
+    path = os.path.abspath(path)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+        tree = getattr(tree, "tree", tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                                    is_leaf=lambda x: not isinstance(x, dict))
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def merge_variables(fresh: dict, loaded: dict, mode: str = "full") -> tuple[dict, dict]:
+    """Puts ``loaded`` values into the ``fresh`` tree (same structure as the model's variables).
+
+    ``mode="full"``: every fresh leaf must be present with the same shape (else ValueError listing them).
+    ``mode="matching"``: take leaves whose path and shape match (e.g. backbone only); report the others.
+    Returns ``(merged, report)`` with report = {"loaded": [...], "fresh": [...], "unused": [...]} paths.
+    """
+    if mode not in ("full", "matching"):
+        raise ValueError(f"unknown init_from_mode {mode!r}; valid: full, matching")
+    flat_fresh = _flatten(fresh)
+    flat_loaded = _flatten(loaded)
+    merged, report = {}, {"loaded": [], "fresh": [], "unused": [], "shape_mismatch": []}
+    for path, value in flat_fresh.items():
+        src = flat_loaded.get(path)
+        if src is not None and tuple(np.shape(src)) == tuple(value.shape):
+            merged[path] = np.asarray(src, dtype=value.dtype)
+            report["loaded"].append(path)
+        else:
+            merged[path] = value
+            report["fresh" if src is None else "shape_mismatch"].append(path)
+    report["unused"] = sorted(set(flat_loaded) - set(flat_fresh))
+    if mode == "full" and (report["fresh"] or report["shape_mismatch"]):
+        raise ValueError(f"init_from (full): {len(report['fresh'])} variables missing from the checkpoint "
+                         f"(e.g. {report['fresh'][:5]}), {len(report['shape_mismatch'])} with other shapes "
+                         f"(e.g. {report['shape_mismatch'][:5]}); use init_from_mode=matching for a partial "
+                         f"(backbone) load")
+    return _unflatten(merged), report
+
+
+def _flatten(tree, prefix=()) -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) or hasattr(v, "items"):
+            out.update(_flatten(v, prefix + (str(k),)))
+        else:
+            out["/".join(prefix + (str(k),))] = v
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out

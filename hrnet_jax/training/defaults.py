@@ -1,0 +1,72 @@
+"""The generic fields every experiment has, with their defaults; a family config starts from these."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hrnet_jax.training.config import Config
+
+REQUIRED = ("total_steps", "batch_size", "seed", "log_every", "eval_every", "checkpoint_every")
+
+
+def default_config(**updates: Any) -> Config:
+    """The loop's settings; ``updates`` (nested dicts) are merged in and may add new keys (task, data, ...)."""
+    base = dict(
+        experiment="",  # filled in by the registry
+        family="",  # the experiments module that defines it, e.g. "experiments.pose"
+        seed=0,
+        total_steps=1000,  # optimizer steps (loop iterations)
+        batch_size=32,  # global, over all processes and devices
+        log_every=50,
+        eval_every=0,  # 0 = never (the end of training is not special: set eval_every to total_steps)
+        eval_steps=0,  # batches per evaluation; 0 = the whole eval dataset
+        checkpoint_every=1000,
+        keep_checkpoints=3,  # most recent N
+        best_metric="",  # e.g. "AP": also keep the best checkpoint by eval/<best_metric>
+        best_mode="max",  # or "min"
+        init_from="",  # Orbax checkpoint of {params, batch_stats} used when the workdir has no checkpoint
+        init_from_mode="full",  # "full": every variable must match; "matching": take matching keys only
+        throttle_s=0.0,  # sleep after every step (tests; sharing a machine)
+        model=dict(
+            name="",  # hrnet_jax.models.create name (or a task-local model)
+            dtype="float32",  # compute dtype ("bfloat16" for mixed precision; params stay float32)
+        ),
+        optimizer=dict(
+            name="sgd",  # "sgd" | "adam" | "adamw"
+            lr=0.1,  # peak learning rate
+            momentum=0.9,
+            nesterov=False,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            weight_decay_style="l2",  # "l2": wd*param added to the gradient (PyTorch); "decoupled": AdamW
+            decay_bn_bias=True,  # False: no weight decay on 1-D params (BN scale/bias, conv/dense biases)
+            schedule="constant",  # "constant" | "step" | "cosine" | "poly"
+            boundaries=(),  # "step": decay points; values <= 1 are fractions of total_steps, else steps
+            decay_factor=0.1,  # "step": lr multiplied by this at each boundary
+            poly_power=0.9,  # "poly": lr * (1 - t/T) ** power
+            end_lr=0.0,  # "cosine"/"poly": final lr
+            warmup_steps=0,  # linear warmup from warmup_init_lr to lr
+            warmup_init_lr=0.0,
+            grad_clip_norm=0.0,  # > 0: clip by global norm
+            accum_steps=1,  # > 1: optax.MultiSteps gradient accumulation (schedule counts updates)
+        ),
+        sharding=dict(
+            fsdp=False,  # shard big params (and their optimizer state) over the data axis
+            fsdp_min_bytes=4 * 2 ** 20,  # only tensors at least this big
+        ),
+        data=dict(),
+        task=dict(),
+    )
+    return Config(merge(base, updates))
+
+
+def merge(base: Mapping, updates: Mapping) -> dict:
+    """Recursive dict merge; ``updates`` may add keys."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for k, v in updates.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
