@@ -1,0 +1,1 @@
+"""Data: COCO-format keypoint loading, crop/augmentation transforms, synthetic datasets."""
