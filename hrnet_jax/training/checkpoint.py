@@ -78,7 +78,7 @@ def load_variables(path: str) -> dict:
         tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
         tree = getattr(tree, "tree", tree)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
-                                    is_leaf=lambda x: not isinstance(x, dict))
+                                    is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
         return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
