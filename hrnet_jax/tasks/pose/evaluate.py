@@ -170,7 +170,7 @@ class PoseEvaluator:
 
     def __init__(self, gt: Any, sigmas: Sequence[float], category_id: int = 1, in_vis_thre: float = 0.2,
                  oks_thre: float = 0.9, use_nms: bool = True, results_path: str | None = None,
-                 img_ids: Sequence[int] | None = None):
+                 img_ids: Sequence[int] | None = None, seen_images_only: bool = False):
         self.gt = gt
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
         self.category_id = category_id
@@ -179,6 +179,7 @@ class PoseEvaluator:
         self.use_nms = use_nms
         self.results_path = results_path
         self.img_ids = img_ids
+        self.seen_images_only = seen_images_only
         self._parts: dict[str, list[np.ndarray]] = defaultdict(list)
         self.results: list[dict] = []
 
@@ -203,6 +204,9 @@ class PoseEvaluator:
                                      self.oks_thre, self.use_nms)
         if self.results_path:
             write_results_json(self.results, self.results_path)
-        stats = coco_keypoint_eval(self.gt, self.results, self.sigmas, img_ids=self.img_ids)
+        img_ids = self.img_ids
+        if img_ids is None and self.seen_images_only:
+            img_ids = np.unique(cat["image_id"]).tolist()
+        stats = coco_keypoint_eval(self.gt, self.results, self.sigmas, img_ids=img_ids)
         stats["num_instances"] = float(len(cat["image_id"]))
         return stats

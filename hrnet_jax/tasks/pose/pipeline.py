@@ -156,10 +156,16 @@ class TrainExampleFn:
 
 
 class EvalExampleFn:
+    """``fn(index) -> example``; indices past the end of the source are padding (zero image, ``valid`` False)."""
+
     def __init__(self, source: CocoKeypointSource, input_size_hw, counter: SkipCounter | None = None):
         self.source, self.input_size_hw, self.counter = source, tuple(input_size_hw), counter
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
+        if int(index) >= len(self.source):
+            ex = eval_example(self.source[0], None, self.input_size_hw)
+            ex["num_skipped"] = np.int32(0)
+            return ex
         rec = self.source[int(index)]
         return eval_example(rec, _read(rec["image_path"], self.counter), self.input_size_hw)
 
@@ -199,8 +205,17 @@ def train_dataset(source: CocoKeypointSource, spec: KeypointSpec, input_size_hw,
 
 
 def eval_dataset(source: CocoKeypointSource, input_size_hw, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, counter: SkipCounter | None = None) -> grain.MapDataset:
-    """Every evaluation box once, in order, for one process; the last batch is padded (``valid`` False)."""
-    ds = grain.MapDataset.range(len(source))[process_index::process_count]
+                 process_count: int = 1, counter: SkipCounter | None = None,
+                 global_batch_size: int | None = None) -> grain.MapDataset:
+    """Every evaluation box once, in order, for one process.
+
+    The index range is padded to a multiple of the global batch (``batch_size · process_count`` by default) so
+    that every process runs the same number of batches; padding rows have ``valid`` False.
+    """
+    if len(source) == 0:
+        raise ValueError(f"no evaluation boxes in {source.ann_file} (stats: {dict(source.stats)})")
+    gb = global_batch_size or batch_size * process_count
+    total = -(-len(source) // gb) * gb
+    ds = grain.MapDataset.range(total)[process_index::process_count]
     ds = ds.map(EvalExampleFn(source, input_size_hw, counter))
     return ds.batch(batch_size, drop_remainder=False, batch_fn=PadToBatch(batch_size))
