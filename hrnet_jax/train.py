@@ -170,11 +170,13 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
         nonlocal pending
         for s, m in pending:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
-            if not math.isfinite(m["loss"]):
+            if not (math.isfinite(m["loss"]) and math.isfinite(m["param_norm"])):
                 good = f"step {last_good} in {os.path.join(workdir, 'checkpoints')}" if last_good is not None \
                     else "none (no checkpoint was written)"
+                what = f"loss is {m['loss']}" if not math.isfinite(m["loss"]) else \
+                    f"parameters became non-finite (norm {m['param_norm']})"
                 raise NonFiniteLossError(
-                    f"loss is {m['loss']} at step {s}: training stopped. Last good checkpoint: {good}. "
+                    f"{what} at step {s}: training stopped. Last good checkpoint: {good}. "
                     f"Lower optimizer.lr, add optimizer.grad_clip_norm or warmup, or check the data.")
             window.append(m)
         pending = []

@@ -36,7 +36,8 @@ def init_state(model, tx: optax.GradientTransformation, sample_image: jax.Array,
 
 def train_step(state: TrainState, batch: dict, *, model, loss_fn: Callable, tx: optax.GradientTransformation,
                lr_fn: Callable, accum_steps: int = 1) -> tuple[TrainState, dict]:
-    """One optimizer step. Returns the new state and scalar metrics (``loss``, ``lr``, ``grad_norm``, task aux)."""
+    """One optimizer step. Returns the new state and scalar metrics (``loss``, ``lr``, ``grad_norm``, ``param_norm`` of the
+    updated params, task aux)."""
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def objective(params):
@@ -49,6 +50,7 @@ def train_step(state: TrainState, batch: dict, *, model, loss_fn: Callable, tx: 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "lr": lr_fn(state.step // accum_steps), "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params),
                **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}}
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new, metrics
