@@ -31,19 +31,26 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 class ImageReadError(IOError):
-    """A missing, unreadable or undecodable image."""
+    """A missing, unreadable or undecodable image; ``reason`` is "missing_image" or "corrupt_image"."""
+
+    def __init__(self, message: str, reason: str = "corrupt_image"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def read_image_rgb(path: str) -> np.ndarray:
     """Decodes an image file with OpenCV (colour, EXIF orientation ignored as in the official code) to RGB uint8."""
     if not os.path.isfile(path):
-        raise ImageReadError(f"missing image {path}")
-    data = np.fromfile(path, dtype=np.uint8)
+        raise ImageReadError(f"missing image {path}", "missing_image")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"cannot read image {path}: {e}", "corrupt_image") from e
     img = None
     if data.size:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
-        raise ImageReadError(f"cannot decode image {path}")
+        raise ImageReadError(f"cannot decode image {path}", "corrupt_image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -80,7 +80,7 @@ def _read(path: str, counter: SkipCounter | None) -> np.ndarray | None:
         return T.read_image_rgb(path)
     except T.ImageReadError as e:
         if counter is not None:
-            counter.add("missing_image" if "missing" in str(e) else "corrupt_image", path)
+            counter.add(e.reason, path)
         return None
 
 
