@@ -215,6 +215,9 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     eval_metrics = {f"eval/{k}": float(v) for k, v in _evaluate(task, eval_step, state, data_sh,
                                                                                 cfg.eval_steps).items()}
+                    if cfg.best_metric and f"eval/{cfg.best_metric}" not in eval_metrics:
+                        raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the evaluator's metrics "
+                                          f"{sorted(k[5:] for k in eval_metrics)}")
                     writer.write(step, eval_metrics)
                     history.append({"step": step, **eval_metrics})
                     progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))

@@ -49,8 +49,8 @@ def train_step(state: TrainState, batch: dict, *, model, loss_fn: Callable, tx: 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "lr": lr_fn(state.step // accum_steps), "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params),
+    metrics = {"loss": loss, "lr": lr_fn(state.step // accum_steps), "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params),
                **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}}
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new, metrics
