@@ -190,7 +190,12 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     try:
         with jax.set_mesh(mesh):
             while step < cfg.total_steps:
-                batch = shd.put_batch(next(train_iter), data_sh)
+                try:
+                    local = next(train_iter)
+                except StopIteration:
+                    raise ConfigError(f"the train dataset ran out at step {step}: make task.train_dataset "
+                                      f"repeat (grain: .shuffle(seed).repeat()); the loop counts steps") from None
+                batch = shd.put_batch(local, data_sh)
                 state, metrics = train_step(state, batch)
                 step += 1
                 pending.append((step, metrics))
