@@ -1,5 +1,6 @@
 """The loop's task hooks (eval_forward, predict, evaluator, data_stats), bf16 compute, init_from."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -29,20 +30,26 @@ class FlipTask(ClassificationTask):
 
 
 def test_eval_forward_evaluator_and_data_stats(tmp_path):
-    cfg = get_experiment("cls_synthetic", {**SMALL, "total_steps": 4})
+    cfg = get_experiment("cls_synthetic", {**SMALL, "total_steps": 6, "keep_checkpoints": 1,
+                                           "best_metric": "top1", "checkpoint_every": 1})
     r = train(cfg, str(tmp_path), task=FlipTask(cfg), quiet=True)
     assert FlipTask.calls == 1
     rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     evals = [x for x in rows if "eval/top1" in x]
-    assert [x["step"] for x in evals] == [2, 4] and evals[-1] == {"step": 4, **r.eval_metrics}
+    assert [x["step"] for x in evals] == [2, 4, 6] and evals[-1] == {"step": 6, **r.eval_metrics}
+    # keep-last-1 plus best-by-eval/top1
+    best = max(x["eval/top1"] for x in evals)
+    kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert 6 in kept and len(kept) <= 2
+    assert any(x["step"] in kept and x["eval/top1"] == best for x in evals), (kept, evals)
     assert 0 <= r.eval_metrics["eval/top1"] <= r.eval_metrics["eval/top5"] <= 100
     # 20 eval examples padded to 24: the evaluator saw exactly 20 (top5 of 8 classes: multiples of 5%)
     assert (r.eval_metrics["eval/top5"] * 20 / 100) == pytest.approx(round(r.eval_metrics["eval/top5"] / 5))
     train_rows = [x for x in rows if "loss" in x]
-    assert [x["step"] for x in train_rows] == [1, 2, 3, 4]
+    assert [x["step"] for x in train_rows] == [1, 2, 3, 4, 5, 6]
     for x in train_rows:
         assert {"loss", "lr", "img_per_s", "accuracy", "grad_norm", "data/skipped"} <= x.keys()
-    assert json.load(open(tmp_path / "config.json"))["total_steps"] == 4
+    assert json.load(open(tmp_path / "config.json"))["total_steps"] == 6
 
 
 def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
