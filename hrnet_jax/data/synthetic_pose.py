@@ -23,7 +23,6 @@ far stricter than on people. Everything is deterministic per ``seed``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zlib
@@ -354,10 +353,6 @@ def generate_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, num_
     with open(os.path.join(root, "DONE.json"), "w") as f:
         json.dump(params, f, indent=1)
     return out
-
-
-def params_digest(**params) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def ensure_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, **kwargs) -> dict:
