@@ -33,12 +33,16 @@ def restack(tree: Mapping, target: Mapping, path: str = "") -> dict:
     for k, t in target.items():
         p = f"{path}/{k}"
         m = _RANGE.match(k)
+        if m:  # a scanned run: gather each unit (unrolled or sliced from any scanned run), then stack
+            if not isinstance(t, Mapping):
+                raise ValueError(f"{p}: a scanned run must be a subtree")
+            start, stop = int(m.group(1)), int(m.group(2))
+            unit = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), t)
+            parts = [restack(_element(tree, i, path), unit, f"{path}/{i}") for i in range(start, stop)]
+            out[k] = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *parts)
+            continue
         if k in tree:
             src = tree[k]
-        elif m:
-            start, stop = int(m.group(1)), int(m.group(2))
-            parts = [_element(tree, i, path) for i in range(start, stop)]
-            src = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *parts)
         elif k.isdigit():
             src = _element(tree, int(k), path)
         else:

@@ -64,10 +64,13 @@ def create(name: str, **overrides) -> HRNet:
             overrides["num_outputs"] = overrides.pop(alias)
     width = overrides.pop("width", spec.pop("width"))
     spec.pop("width", None)
+    config = overrides.pop("config", None)  # a custom HRNetConfig instead of a named width
     unknown = set(overrides) - _FIELDS
     if unknown:
         raise TypeError(f"unknown override(s) {sorted(unknown)} for {name}; valid: "
-                        f"{sorted(_FIELDS | {'num_classes', 'num_joints', 'width'})}")
+                        f"{sorted(_FIELDS | {'num_classes', 'num_joints', 'width', 'config'})}")
+    if config is not None:
+        return HRNet(config=config, **{**spec, **overrides})
     if width not in CONFIGS:
         raise KeyError(f"unknown width {width!r}; valid: {sorted(CONFIGS)}")
     spec.update(overrides)
