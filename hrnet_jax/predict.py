@@ -1,0 +1,331 @@
+"""Pose prediction on images and videos with a trained or converted checkpoint.
+
+    python -m hrnet_jax.predict --checkpoint WORKDIR_OR_CKPT --images PATH_OR_GLOB [--video FILE]
+                                [--boxes boxes.json] --out DIR
+                                [--video-boxes frames.json] [--kpt-thre 0.2]
+
+``--checkpoint`` is one of
+
+* a training workdir (``config.json`` + ``checkpoints/<step>/``): the model, keypoint spec and input size come
+  from its config, the weights from its latest checkpoint (or ``--step``);
+* one step of it (``WORKDIR/checkpoints/<step>``);
+* a converted checkpoint folder (``hrnet_jax.convert.save_variables``: ``variables/`` + ``model.json``); the
+  spec is COCO-17 (or ``--spec``) and the input size ``--input-size`` (default 256x192).
+
+Person boxes: ``--boxes`` is a COCO results JSON (``[{"image_id", "bbox": [x, y, w, h], "score"}, ...]``, e.g. a
+person detector's output; category 1 only, ``--box-thre`` on the score). An image's id is the integer value of
+its file name stem (COCO's ``000000000139.jpg`` -> 139), else its position in the sorted image list. A video's
+boxes come from ``--video-boxes`` (same format, ``image_id`` = frame index). An image or frame without boxes is taken as one box covering the whole picture.
+
+Per crop: the affine crop (padding 1.25, aspect fixed to the input), the model on the crop and its mirror (flip
+test with the spec's flip pairs), flip averaging and decoding on device inside one ``jax.jit`` (the task's
+``eval_forward`` + ``predict``, the same code as evaluation). Outputs in ``--out``:
+
+* ``keypoints.json``: COCO results (``image_id``, ``category_id``, ``keypoints`` [x, y, score]·K in image
+  pixels, ``score`` = box score × mean of the keypoint scores above ``--kpt-thre``, ``bbox``, ``file_name``);
+* ``<image stem>.jpg``: the picture with the skeleton drawn (keypoints scoring below ``--kpt-thre`` omitted);
+* with ``--video``: ``<video stem>_pose.mp4`` (annotated frames) and ``<video stem>_keypoints.json``.
+
+From Python: ``Predictor(checkpoint).predict(image_rgb, boxes=None)`` → a list of per-person dicts.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hrnet_jax.data import transforms as T
+
+__all__ = ["Predictor", "load_checkpoint", "draw_pose", "read_boxes", "main"]
+
+
+def _latest_step_dir(ckpt_dir: str, step: int | None = None) -> str:
+    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()
+                   and os.path.isdir(os.path.join(ckpt_dir, d, "state")))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt_dir} (have {steps})")
+    return os.path.join(ckpt_dir, str(step if step is not None else steps[-1]))
+
+
+def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int] | None = None,
+                    spec: Any = None):
+    """``(task, variables)`` for a training workdir, one of its step folders, or a converted checkpoint folder.
+
+    ``task`` is a :class:`~hrnet_jax.tasks.pose.task.PoseTask` with no data attached (it supplies the model,
+    spec, input size, flip test and decoding).
+    """
+    from hrnet_jax.tasks.pose.task import PoseTask, PoseTaskConfig
+    from hrnet_jax.training.checkpoint import load_variables
+
+    path = os.path.abspath(path)
+    if os.path.basename(os.path.normpath(path)) == "state":
+        path = os.path.dirname(path)
+    workdir = None
+    if os.path.exists(os.path.join(path, "config.json")):
+        workdir, step_dir = path, _latest_step_dir(os.path.join(path, "checkpoints"), step)
+    elif os.path.isdir(os.path.join(path, "state")) and os.path.exists(
+            os.path.join(os.path.dirname(os.path.dirname(path)), "config.json")):
+        workdir, step_dir = os.path.dirname(os.path.dirname(path)), path
+    if workdir is not None:
+        from experiments.pose import task_config
+        from hrnet_jax.training.config import Config
+        with open(os.path.join(workdir, "config.json")) as f:
+            cfg = Config(json.load(f))
+        tc = task_config(cfg)
+        tc.synthetic, tc.data_root, tc.det_file = None, "", ""
+        if input_size:
+            tc.input_size = tuple(int(v) for v in input_size)
+        if spec is not None:
+            tc.spec = spec
+        elif isinstance(tc.spec, str) and tc.spec not in ("coco", "mpii") and not os.path.isabs(tc.spec):
+            tc.spec = os.path.join(cfg.get("task", {}).get("data_root", ""), tc.spec)
+        state = load_variables(os.path.join(step_dir, "state"))
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+        return PoseTask(tc), variables
+    if os.path.isdir(os.path.join(path, "variables")):
+        from hrnet_jax.convert import load_variables as load_converted
+        variables, meta = load_converted(path)
+        overrides = dict(meta.get("overrides") or {})
+        num = overrides.pop("num_outputs", None)
+        if overrides.get("arch"):   # a named narrow backbone of experiments.pose.ARCHS (JSON-friendly)
+            from experiments.pose import ARCHS
+            overrides["config"] = ARCHS[overrides.pop("arch")]
+        tc = PoseTaskConfig(model_name=meta.get("model", "pose_hrnet_w32"), model_overrides=overrides,
+                            spec=spec if spec is not None else "coco",
+                            input_size=tuple(int(v) for v in (input_size or (256, 192))))
+        task = PoseTask(tc)
+        if num is not None and num != task.spec.num_keypoints:
+            raise ValueError(f"the checkpoint has {num} outputs but the spec {task.spec.name!r} has "
+                             f"{task.spec.num_keypoints} keypoints: pass --spec")
+        return task, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    raise FileNotFoundError(f"{path} is neither a training workdir (config.json + checkpoints/), a checkpoint step "
+                            f"folder, nor a converted checkpoint (variables/ + model.json)")
+
+
+def read_boxes(path: str, category_id: int = 1, score_thre: float = 0.0) -> dict[int, list[tuple]]:
+    """COCO results JSON → ``{image_id: [(x, y, w, h, score), ...]}``."""
+    with open(path) as f:
+        dets = json.load(f)
+    out: dict[int, list[tuple]] = {}
+    for d in dets:
+        if int(d.get("category_id", category_id)) != category_id or float(d.get("score", 1.0)) < score_thre:
+            continue
+        x, y, w, h = (float(v) for v in d["bbox"][:4])
+        if w <= 0 or h <= 0:
+            continue
+        out.setdefault(int(d["image_id"]), []).append((x, y, w, h, float(d.get("score", 1.0))))
+    return out
+
+
+class Predictor:
+    """Top-down keypoints for person boxes in RGB images (see the module docstring)."""
+
+    def __init__(self, checkpoint: str | None = None, *, task=None, variables=None, batch_size: int = 16,
+                 kpt_thre: float = 0.2, step: int | None = None, input_size=None, spec=None):
+        if task is None:
+            task, variables = load_checkpoint(checkpoint, step=step, input_size=input_size, spec=spec)
+        self.task, self.spec = task, task.spec
+        self.input_size = task.input_size  # (H, W)
+        self.model = task.build_model()
+        self.variables = jax.device_put(variables)
+        self.batch_size = int(batch_size)
+        self.kpt_thre = float(kpt_thre)
+        self.padding = float(task.cfg.box_padding)
+        apply = self.model.apply
+
+        def run(variables, images, center, scale):
+            batch = {"image": images, "center": center, "scale": scale}
+            return task.predict(task.eval_forward(apply, variables, batch), batch)
+        self._run = jax.jit(run)
+
+    def crops(self, image_rgb: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h_in, w_in = self.input_size
+        imgs, centers, scales = [], [], []
+        for b in boxes:
+            c, s = T.box_to_center_scale(b[:4], w_in / h_in, self.padding)
+            trans = T.get_affine_transform(c, s, 0, (w_in, h_in))
+            imgs.append(T.normalize_image(T.warp_image(image_rgb, trans, (w_in, h_in))))
+            centers.append(c)
+            scales.append(s)
+        return np.stack(imgs), np.stack(centers).astype(np.float32), np.stack(scales).astype(np.float32)
+
+    def predict(self, image_rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None = None) -> list[dict]:
+        """Per box ``(x, y, w, h[, score])`` (default: the whole image): ``{"keypoints": (K, 3) [x, y, score],
+        "score", "bbox"}`` in image pixels."""
+        ih, iw = image_rgb.shape[:2]
+        boxes = [tuple(b) for b in (boxes if boxes else [(0.0, 0.0, float(iw), float(ih), 1.0)])]
+        images, centers, scales = self.crops(image_rgb, boxes)
+        n, bs = len(boxes), self.batch_size
+        kps, vals = [], []
+        for i in range(0, n, bs):   # fixed batch shape: one compilation
+            sl = slice(i, min(i + bs, n))
+            pad = bs - (sl.stop - sl.start)
+            pad_fn = (lambda a: np.concatenate([a, np.repeat(a[:1], pad, 0)], 0)) if pad else (lambda a: a)
+            out = self._run(self.variables, pad_fn(images[sl]), pad_fn(centers[sl]), pad_fn(scales[sl]))
+            out = jax.device_get(out)
+            kps.append(np.asarray(out["keypoints"])[:bs - pad])
+            vals.append(np.asarray(out["maxvals"]).reshape(bs, -1)[:bs - pad])
+        kps, vals = np.concatenate(kps), np.concatenate(vals)
+        people = []
+        for b, k, v in zip(boxes, kps, vals):
+            box_score = float(b[4]) if len(b) > 4 else 1.0
+            sel = v[v > self.kpt_thre]
+            people.append({"keypoints": np.concatenate([k, v[:, None]], 1).astype(np.float64),
+                           "score": box_score * (float(sel.mean()) if sel.size else 0.0),
+                           "bbox": [float(x) for x in b[:4]]})
+        return people
+
+    def results(self, people: list[dict], image_id: int, file_name: str = "") -> list[dict]:
+        """COCO results entries for one image."""
+        out = []
+        for p in people:
+            r = {"image_id": int(image_id), "category_id": int(self.spec.category_id),
+                 "keypoints": [round(float(x), 3) for x in p["keypoints"].reshape(-1)],
+                 "score": round(float(p["score"]), 5), "bbox": [round(x, 2) for x in p["bbox"]]}
+            if file_name:
+                r["file_name"] = file_name
+            out.append(r)
+        return out
+
+    def draw(self, image_bgr: np.ndarray, people: list[dict]) -> np.ndarray:
+        return draw_pose(image_bgr, people, self.spec.skeleton, self.kpt_thre)
+
+
+def _color(i: int) -> tuple[int, int, int]:
+    hsv = np.uint8([[[(i * 37) % 180, 220, 255]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def draw_pose(image_bgr: np.ndarray, people: list[dict], skeleton: Sequence[Sequence[int]],
+              kpt_thre: float = 0.2, draw_boxes: bool = True) -> np.ndarray:
+    """A copy of ``image_bgr`` with each person's skeleton (limbs coloured per edge) and keypoints drawn."""
+    img = np.ascontiguousarray(image_bgr.copy())
+    scale = max(1, int(round(max(img.shape[:2]) / 320)))
+    for p in people:
+        k = np.asarray(p["keypoints"], np.float64)
+        if draw_boxes and p.get("bbox") is not None:
+            x, y, w, h = p["bbox"]
+            cv2.rectangle(img, (int(x), int(y)), (int(x + w), int(y + h)), (200, 200, 200), 1)
+        for e, (a, b) in enumerate(skeleton):
+            if k[a, 2] > kpt_thre and k[b, 2] > kpt_thre:
+                cv2.line(img, (int(round(k[a, 0])), int(round(k[a, 1]))), (int(round(k[b, 0])), int(round(k[b, 1]))),
+                         _color(e), 2 * scale, cv2.LINE_AA)
+        for j in range(len(k)):
+            if k[j, 2] > kpt_thre:
+                cv2.circle(img, (int(round(k[j, 0])), int(round(k[j, 1]))), 2 * scale, (255, 255, 255), -1,
+                           cv2.LINE_AA)
+    return img
+
+
+def _image_id(path: str, index: int) -> int:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else index
+
+
+def _expand_images(spec: str) -> list[str]:
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+    if os.path.isdir(spec):
+        return sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(exts))
+    return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]
+
+
+def predict_images(pred: Predictor, paths: Sequence[str], out_dir: str, boxes: dict | None = None) -> list[dict]:
+    results = []
+    for i, path in enumerate(paths):
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            print(f"warning: cannot read {path}; skipped", file=sys.stderr)
+            continue
+        image_id = _image_id(path, i)
+        people = pred.predict(bgr[:, :, ::-1], (boxes or {}).get(image_id))
+        results += pred.results(people, image_id, os.path.basename(path))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        cv2.imwrite(os.path.join(out_dir, f"{stem}.jpg"), pred.draw(bgr, people))
+    with open(os.path.join(out_dir, "keypoints.json"), "w") as f:
+        json.dump(results, f)
+    return results
+
+
+def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None = None) -> tuple[str, list[dict]]:
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open video {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out_path = os.path.join(out_dir, f"{stem}_pose.mp4")
+    writer, results, frame = None, [], 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if writer is None:
+                h, w = bgr.shape[:2]
+                writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            people = pred.predict(bgr[:, :, ::-1], (boxes or {}).get(frame))
+            results += pred.results(people, frame)
+            writer.write(pred.draw(bgr, people))
+            frame += 1
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    with open(os.path.join(out_dir, f"{stem}_keypoints.json"), "w") as f:
+        json.dump(results, f)
+    return out_path, results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hrnet_jax.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="training workdir, its checkpoints/<step>, or a converted "
+                                                       "checkpoint folder")
+    p.add_argument("--images", default="", help="an image, a folder or a glob")
+    p.add_argument("--video", default="", help="a video file (annotated copy written to --out)")
+    p.add_argument("--boxes", default="", help="person boxes, COCO results JSON (default: whole image)")
+    p.add_argument("--video-boxes", default="", help="person boxes for the video, COCO results JSON with "
+                                                     "image_id = frame index (default: whole frame)")
+    p.add_argument("--box-thre", type=float, default=0.0, help="minimum box score")
+    p.add_argument("--kpt-thre", type=float, default=0.2, help="keypoints below this score are not drawn")
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)")
+    p.add_argument("--input-size", default="", help="HxW for a converted checkpoint (default 256x192)")
+    p.add_argument("--spec", default=None, help="keypoint spec: coco, mpii or a spec JSON (converted checkpoints)")
+    p.add_argument("--batch-size", type=int, default=16)
+    a = p.parse_args(argv)
+    if not a.images and not a.video:
+        p.error("give --images and/or --video")
+    input_size = tuple(int(v) for v in a.input_size.lower().split("x")) if a.input_size else None
+    try:
+        pred = Predictor(a.checkpoint, step=a.step, input_size=input_size, spec=a.spec, batch_size=a.batch_size,
+                         kpt_thre=a.kpt_thre)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    boxes = read_boxes(a.boxes, pred.spec.category_id, a.box_thre) if a.boxes else None
+    if a.images:
+        paths = _expand_images(a.images)
+        if not paths:
+            print(f"error: no images match {a.images!r}", file=sys.stderr)
+            return 2
+        res = predict_images(pred, paths, a.out, boxes)
+        print(f"{len(paths)} image(s), {len(res)} person(s): {os.path.join(a.out, 'keypoints.json')}")
+    if a.video:
+        vboxes = read_boxes(a.video_boxes, pred.spec.category_id, a.box_thre) if a.video_boxes else None
+        out_path, res = predict_video(pred, a.video, a.out, vboxes)
+        print(f"video: {out_path} ({len(res)} person-frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
