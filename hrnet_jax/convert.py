@@ -196,15 +196,15 @@ def flax_to_torch(variables: Mapping, name: str, **overrides) -> dict[str, np.nd
 
 
 def save_variables(directory: str, variables: Mapping, meta: Mapping | None = None) -> str:
-    """Writes ``{"params", "batch_stats"}`` as an Orbax checkpoint at ``directory/variables`` + ``model.json``."""
-    import orbax.checkpoint as ocp
+    """Writes ``{"params", "batch_stats"}`` as an Orbax checkpoint at ``directory/variables`` + ``model.json``.
+
+    ``--init_from=directory`` of the training loop and ``hrnet_jax.predict`` read it.
+    """
+    from hrnet_jax.training.checkpoint import save_variables as save_tree
 
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(directory, "variables"),
-               jax.tree_util.tree_map(np.asarray, dict(variables)), force=True)
-    ckptr.wait_until_finished()
+    save_tree(os.path.join(directory, "variables"), jax.tree_util.tree_map(np.asarray, dict(variables)))
     with open(os.path.join(directory, "model.json"), "w") as f:
         json.dump(dict(meta or {}), f, indent=2)
     return directory
@@ -212,13 +212,12 @@ def save_variables(directory: str, variables: Mapping, meta: Mapping | None = No
 
 def load_variables(directory: str) -> tuple[dict, dict]:
     """Reads a checkpoint written by :func:`save_variables`; returns ``(variables, meta)``."""
-    import orbax.checkpoint as ocp
+    from hrnet_jax.training.checkpoint import load_variables as load_tree
 
     directory = os.path.abspath(directory)
     meta_path = os.path.join(directory, "model.json")
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
-    return variables, meta
+    return load_tree(directory), meta
 
 
 def main(argv=None) -> int:

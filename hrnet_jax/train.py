@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from hrnet_jax.models.params import restack
 from hrnet_jax.training import checkpoint as ckpt_lib
 from hrnet_jax.training import optim
 from hrnet_jax.training import sharding as shd
@@ -271,6 +272,11 @@ def _evaluate(task, eval_step, state, data_sh, max_steps: int) -> dict:
 def _init_from(state, state_sh, path: str, mode: str, say):
     loaded = ckpt_lib.load_variables(path)
     fresh = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+    for k in fresh:  # scanned <-> unrolled layouts (e.g. weights converted for scan=False)
+        try:
+            loaded[k] = restack(loaded.get(k, {}), fresh[k])
+        except (KeyError, ValueError):
+            pass  # a different structure: merge_variables reports what does not match
     merged, report = ckpt_lib.merge_variables(fresh, {k: loaded.get(k, {}) for k in fresh}, mode)
     say(f"init_from {path}: {len(report['loaded'])} variables loaded, {len(report['fresh'])} fresh, "
         f"{len(report['shape_mismatch'])} shape mismatches, {len(report['unused'])} unused")

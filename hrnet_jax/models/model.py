@@ -33,7 +33,8 @@ class HRNet(nn.Module):
     bn_momentum: float = 0.9  # Flax convention (PyTorch 0.1); 0.99 for the SEG master/v1.1 branches
     upsample: str = "nearest"
     align_corners: bool = False
-    scan: bool = True
+    scan: bool = True  # identical blocks / modules under nn.scan with stacked parameters
+    scan_unroll: Any = True  # XLA unrolling of scanned runs (True = full; 1 = rolled loop, faster compile)
     remat: Optional[str] = None
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
@@ -42,8 +43,9 @@ class HRNet(nn.Module):
     @property
     def opts(self) -> ModuleOptions:
         return ModuleOptions(bn_momentum=self.bn_momentum, upsample=self.upsample,
-                             align_corners=self.align_corners, scan=self.scan, remat=self.remat,
-                             dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+                             align_corners=self.align_corners, scan=self.scan, scan_unroll=self.scan_unroll,
+                             remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype,
+                             kernel_init=self.kernel_init)
 
     @nn.compact
     def __call__(self, images, train: bool = False):

@@ -41,6 +41,7 @@ class ModuleOptions:
     upsample: str = "nearest"  # fusion up path: "nearest" (CLS/POSE/timm/DET) or "bilinear" (SEG)
     align_corners: bool = False  # for bilinear resizes (fusion up path and heads)
     scan: bool = True
+    scan_unroll: Any = True  # XLA loop unrolling of scanned runs: True = full, k = rolled loop of k units
     remat: Optional[str] = None  # None or a policy name from stream.REMAT_POLICIES, applied per HRModule
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -57,8 +58,8 @@ class HRModule(nn.Module):
     @nn.compact
     def __call__(self, xs):
         o, cfg = self.opts, self.cfg
-        common = dict(train=self.train, scan=o.scan, bn_momentum=o.bn_momentum, dtype=o.dtype,
-                      param_dtype=o.param_dtype, kernel_init=o.kernel_init)
+        common = dict(train=self.train, scan=o.scan, scan_unroll=o.scan_unroll, bn_momentum=o.bn_momentum,
+                      dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init)
         ys = tuple(
             Stream(block=cfg.block, num_blocks=cfg.num_blocks[b], planes=cfg.num_channels[b],
                    in_channels=self.in_channels[b], name=f"branches.{b}", **common)(xs[b])
@@ -93,7 +94,8 @@ class Stage(nn.Module):
             start = 1
         same = n - start - (0 if self.multi_scale_output else 1)
         xs = repeat(HRModule, dict(common, in_channels=self.cfg.out_channels), tuple(xs), start=start,
-                    count=same, scan=self.opts.scan, remat=self.opts.remat)
+                    count=same, scan=self.opts.scan, remat=self.opts.remat,
+                    scan_unroll=self.opts.scan_unroll)
         if not self.multi_scale_output and start < n:
             xs = repeat(HRModule, dict(common, in_channels=self.cfg.out_channels, multi_scale_output=False),
                         tuple(xs), start=n - 1, count=1, scan=False, remat=self.opts.remat)

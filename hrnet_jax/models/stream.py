@@ -37,14 +37,22 @@ def _scan_body(module, carry, _):
     return module(carry), None
 
 
-def repeat(cls, kwargs: dict, x, *, start: int, count: int, scan: bool, remat: Optional[str] = None):
-    """Applies ``count`` copies of ``cls(**kwargs)`` in sequence, scanned (stacked params) or unrolled."""
+def repeat(cls, kwargs: dict, x, *, start: int, count: int, scan: bool, remat: Optional[str] = None,
+           scan_unroll=True):
+    """Applies ``count`` copies of ``cls(**kwargs)`` in sequence, scanned (stacked params) or unrolled.
+
+    ``scan_unroll`` is the XLA loop unrolling of a scanned run: ``True`` unrolls it fully (stacked
+    parameters, straight-line code: fastest at run time), an int ``k`` keeps a rolled loop of ``k``-unit
+    bodies (smaller program, faster compile). On the 2-core CPU a rolled loop made the W18-small-v1 train
+    step ~10x slower (XLA's CPU backend runs convolution gradients inside while loops poorly).
+    """
     if count <= 0:
         return x
     cls = remat_wrap(cls, remat, scan)
     if scan and count > 1:
         scanned = nn.scan(_scan_body, variable_axes={"params": 0, "batch_stats": 0},
-                          split_rngs={"params": True, "dropout": True}, length=count)
+                          split_rngs={"params": True, "dropout": True}, length=count,
+                          unroll=count if scan_unroll is True else max(1, int(scan_unroll)))
         x, _ = scanned(cls(**kwargs, name=f"{start}:{start + count}"), x, None)
         return x
     for i in range(start, start + count):
@@ -65,6 +73,7 @@ class Stream(nn.Module):
     in_channels: int
     train: bool = False
     scan: bool = True
+    scan_unroll: Any = True
     bn_momentum: float = 0.9
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -79,4 +88,5 @@ class Stream(nn.Module):
         if self.in_channels != self.planes * cls.expansion:
             x = cls(**common, downsample=True, name="0")(x)
             start = 1
-        return repeat(cls, common, x, start=start, count=self.num_blocks - start, scan=self.scan)
+        return repeat(cls, common, x, start=start, count=self.num_blocks - start, scan=self.scan,
+                      scan_unroll=self.scan_unroll)

@@ -71,8 +71,13 @@ def save_variables(path: str, variables: dict) -> None:
 
 
 def load_variables(path: str) -> dict:
-    """Reads a variables checkpoint as host numpy arrays (no device layout needed: works on any mesh)."""
+    """Reads a variables checkpoint as host numpy arrays (no device layout needed: works on any mesh).
+
+    ``path`` is the checkpoint itself or a ``hrnet_jax.convert`` output folder (which holds it as ``variables``).
+    """
     path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "variables")):
+        path = os.path.join(path, "variables")
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
