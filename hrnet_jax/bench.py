@@ -1,0 +1,530 @@
+"""Benchmark of the JAX HRNets against timm's eager PyTorch HRNet, in one process, on the same threads.
+
+    python -m hrnet_jax.bench                       # the default set (slow on a small CPU)
+    python -m hrnet_jax.bench --quick               # a subset sized for a 2-core CPU
+    python -m hrnet_jax.bench --models hrnet_w32,pose_hrnet_w32@384x288 --batch 1,8 --json out.json
+    python -m hrnet_jax.bench --pose-pipeline       # also: pose input-pipeline images/s (no model)
+    python -m hrnet_jax.bench --device-script       # prints the one command for a GPU machine
+
+Per model (after ``--warmup`` untimed calls, the median of ``--iters`` timed calls, each synchronised):
+
+* ``infer_b1`` / ``infer_bN``: inference images/s at batch 1 and ``--batch``'s larger size, JAX with BN folded
+  into the convs (:mod:`hrnet_jax.models.fold`); ``infer_bN_unfolded``: the plain ``train=False`` model.
+* ``train``: training-step images/s (forward, backward, BN running-statistics update, SGD with momentum;
+  the same in PyTorch: ``model.train()``, ``optimizer.step()``), at the larger batch.
+* ``compile_s``: ``jit(...).lower(...).compile()`` seconds per jitted function.
+* ``gflops``: the XLA cost analysis' flops of one call / median time (achieved GFLOP/s).
+* ``peak_rss_mb`` (CPU: the process's peak resident memory so far, from ``resource``) or the device's
+  ``peak_bytes_in_use``; ``temp_mb``: XLA's temporary buffer size of the compiled call.
+* ``torch_*``: the same figures for timm in eager mode, and ``ratio_*`` = JAX images/s / torch images/s.
+
+Models are given as ``name[@HxW]``; classification models map to timm's model of the same width, pose and
+segmentation models to timm's backbone (``features_only=True, feature_location=''``: the four stage-4 streams)
+plus an equivalent head (pose: 1x1 conv on the highest-resolution stream; segmentation: bilinear concat +
+1x1 conv-BN-ReLU + 1x1 conv). timm's backbone always fuses every stream in the last module, so the torch pose
+model does slightly *more* work than the JAX one (whose last module fuses into the high-resolution stream only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+DEFAULT_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "hrnet_w32", "hrnet_w48", "pose_hrnet_w32@256x192",
+                  "pose_hrnet_w32@384x288", "seg_hrnet_w48@512x1024")
+QUICK_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "pose_hrnet_w32@256x192")
+DEFAULT_SIZES = {"classification": (224, 224), "pose": (256, 192), "segmentation": (512, 1024)}
+TIMM_NAMES = {"w18_small_v1": "hrnet_w18_small", "w18_small_v2": "hrnet_w18_small_v2"}
+GPU_COMMAND = ("python -m hrnet_jax.bench --dtype bfloat16 --batch 1,128 --train-batch 64 --torch-compile "
+               "--models hrnet_w18,hrnet_w32,hrnet_w48,pose_hrnet_w32@256x192,pose_hrnet_w32@384x288,"
+               "seg_hrnet_w48@512x1024 --json bench_gpu.json")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def TINY_CONFIG():  # noqa: N802 - a narrow 4-stage network for smoke tests (--tiny)
+    from hrnet_jax.models import HRNetConfig, StageConfig
+    return HRNetConfig(stem_width=8, stages=(
+        StageConfig(1, 1, "BOTTLENECK", (1,), (4,)),
+        StageConfig(1, 2, "BASIC", (1, 1), (4, 8)),
+        StageConfig(1, 3, "BASIC", (1, 1, 1), (4, 8, 16)),
+        StageConfig(1, 4, "BASIC", (1, 1, 1, 1), (4, 8, 16, 32)),
+    ))
+
+
+def _median_time(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def parse_model(spec: str) -> tuple[str, tuple[int, int] | None]:
+    if "@" in spec:
+        name, size = spec.split("@", 1)
+        h, w = (int(v) for v in size.lower().split("x"))
+        return name, (h, w)
+    return spec, None
+
+
+def machine_info(torch_mod=None) -> dict:
+    import jax
+    import flax
+    dev = jax.devices()[0]
+    info = dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
+                flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+                xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg())
+    if torch_mod is not None:
+        info["torch"] = torch_mod.__version__
+        info["torch_threads"] = torch_mod.get_num_threads()
+        try:
+            import timm
+            info["timm"] = timm.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def _cost_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    if not ca:
+        return None
+    f = ca.get("flops")
+    return float(f) if f is not None and f > 0 else None
+
+
+def _temp_mb(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        return round(m.temp_size_in_bytes / 2**20, 1)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _device_peak_mb() -> float | None:
+    import jax
+    try:
+        st = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001
+        return None
+    v = st.get("peak_bytes_in_use")
+    return round(v / 2**20, 1) if v else None
+
+
+# -------------------------------------------------------------------------------------------------------- JAX
+def _random_variables(model, x):
+    """Variables with the model's shapes, random kernels, identity-ish BN (no init compile needed)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    rng = np.random.default_rng(0)
+
+    def fill(path, s):
+        name = str(path[-1].key) if hasattr(path[-1], "key") else str(path[-1])
+        if name in ("scale", "var"):
+            return jnp.ones(s.shape, s.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(s.shape, s.dtype)
+        fan_in = int(np.prod(s.shape[-4:-1])) if len(s.shape) >= 4 else s.shape[0]
+        return jnp.asarray(rng.standard_normal(s.shape, np.float32) * np.sqrt(2.0 / max(fan_in, 1)), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _compile(fn, *args):
+    t = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - t
+
+
+def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from hrnet_jax import models
+    from hrnet_jax.models.fold import fold_batchnorm
+
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    kw: dict[str, Any] = dict(scan=not args.no_scan, dtype=dtype)
+    if args.scan_unroll != "true":
+        kw["scan_unroll"] = int(args.scan_unroll)
+    if args.tiny:
+        kw["config"] = TINY_CONFIG()
+    model = models.create(name, **kw)
+    out: dict[str, Any] = {"compile_s": {}, "gflops": {}, "temp_mb": {}}
+    x1 = jnp.zeros((1, *hw, 3), jnp.float32)
+    variables = _random_variables(model, x1)
+    rng = np.random.default_rng(1)
+    folded, fparams = fold_batchnorm(model, variables)
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    infer_f = jax.jit(folded.apply)
+
+    def run_infer(tag, fn, v, b):
+        x = jnp.asarray(rng.standard_normal((b, *hw, 3), np.float32))
+        compiled, ct = _compile(fn, v, x)
+        dt = _median_time(lambda: jax.block_until_ready(compiled(v, x)), args.warmup, args.iters)
+        out[tag] = b / dt
+        out["compile_s"][tag] = round(ct, 2)
+        flops = _cost_flops(compiled)
+        out["gflops"][tag] = round(flops / dt / 1e9, 1) if flops else None
+        out["temp_mb"][tag] = _temp_mb(compiled)
+        if tag == f"infer_b{max(batches)}":
+            out["gflop_per_image"] = round(flops / b / 1e9, 2) if flops else None
+
+    for b in batches:
+        run_infer(f"infer_b{b}", infer_f, fparams, b)
+    if not args.no_unfolded:
+        run_infer(f"infer_b{max(batches)}_unfolded", infer, variables, max(batches))
+
+    if train_batch > 0:
+        step = make_jax_train_step(model)
+        x = jnp.asarray(rng.standard_normal((train_batch, *hw, 3), np.float32))
+        y_shape = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape
+        target = _jax_target(model.head, y_shape, rng)
+        state = (variables["params"], variables["batch_stats"],
+                 jax.tree_util.tree_map(jnp.zeros_like, variables["params"]))
+        compiled, ct = _compile(step, state, x, target)
+        holder = [state]
+
+        def one():
+            holder[0], loss = compiled(holder[0], x, target)
+            jax.block_until_ready(loss)
+
+        dt = _median_time(one, args.warmup, args.iters)
+        out["train"] = train_batch / dt
+        out["compile_s"]["train"] = round(ct, 2)
+        flops = _cost_flops(compiled)
+        out["gflops"]["train"] = round(flops / dt / 1e9, 1) if flops else None
+        out["temp_mb"]["train"] = _temp_mb(compiled)
+    dp = _device_peak_mb()
+    out["peak_mb"] = dp if dp is not None else round(_peak_rss_mb(), 1)
+    out["peak_kind"] = "device" if dp is not None else "host_rss"
+    return out
+
+
+def _jax_target(head, shape, rng):
+    import jax.numpy as jnp
+    if head == "classification":
+        return jnp.asarray(rng.integers(0, shape[-1], shape[0]), jnp.int32)
+    if head == "segmentation":
+        return jnp.asarray(rng.integers(0, shape[-1], shape[:-1]), jnp.int32)
+    return jnp.asarray(rng.random(shape, dtype="float32"))
+
+
+def make_jax_train_step(model, lr: float = 0.01, momentum: float = 0.9):
+    """A jitted SGD-with-momentum step (PyTorch's SGD update rule) incl. the BN running-statistics update."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def loss_fn(params, stats, x, target):
+        y, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+        y = y.astype(jnp.float32)
+        if model.head in ("classification", "segmentation"):
+            loss = optax.softmax_cross_entropy_with_integer_labels(y, target).mean()
+        else:
+            loss = jnp.mean(jnp.square(y - target))
+        return loss, upd["batch_stats"]
+
+    def step(state, x, target):
+        params, stats, mom = state
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, target)
+        mom = jax.tree_util.tree_map(lambda m, g: momentum * m + g, mom, grads)
+        params = jax.tree_util.tree_map(lambda p, m: p - lr * m, params, mom)
+        return (params, stats, mom), loss
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------------ torch
+def _timm_name(name: str) -> str:
+    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
+    width = MODEL_SPECS[resolve_name(name)]["width"]
+    return TIMM_NAMES.get(width, f"hrnet_{width}")
+
+
+def build_torch_model(name: str, num_outputs: int):
+    import timm
+    import torch
+    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
+    head = MODEL_SPECS[resolve_name(name)]["head"]
+    tname = _timm_name(name)
+    if head == "classification":
+        return timm.create_model(tname, pretrained=False, num_classes=num_outputs), tname
+    body = timm.create_model(tname, pretrained=False, features_only=True, feature_location="")
+    chans = body.feature_info.channels()[1:]  # [stem, s0, s1, s2, s3] -> the four streams
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class PoseNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.final_layer = body, nn.Conv2d(chans[0], num_outputs, 1)
+
+        def forward(self, x):
+            return self.final_layer(self.body(x)[1])
+
+    class SegNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = sum(chans)
+            self.body = body
+            self.last_layer = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                            nn.Conv2d(c, num_outputs, 1))
+
+        def forward(self, x):
+            xs = self.body(x)[1:]
+            size = xs[0].shape[2:]
+            xs = [xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in xs[1:]]
+            return self.last_layer(torch.cat(xs, 1))
+
+    if head == "pose":
+        return PoseNet(), f"{tname}(features_only)+1x1 conv"
+    if head == "segmentation":
+        return SegNet(), f"{tname}(features_only)+concat/1x1-BN-ReLU-1x1"
+    raise ValueError(f"no torch counterpart for head {head!r}")
+
+
+def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args) -> dict:
+    import torch
+    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
+    head = MODEL_SPECS[resolve_name(name)]["head"]
+    torch.manual_seed(0)
+    dev = torch.device("cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu")
+    model, desc = build_torch_model(name, num_outputs)
+    model = model.to(dev)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    mf = torch.channels_last if args.torch_channels_last else torch.contiguous_format
+    model = model.to(memory_format=mf)
+    out: dict[str, Any] = {"model": desc, "device": str(dev)}
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    fwd = torch.compile(model) if args.torch_compile else model
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
+
+    model.eval()
+    for b in batches:
+        x = torch.randn(b, 3, *hw, device=dev).to(memory_format=mf)
+
+        def one():
+            with torch.inference_mode(), autocast():
+                fwd(x)
+            sync()
+        out[f"infer_b{b}"] = b / _median_time(one, args.warmup + (2 if args.torch_compile else 0), args.iters)
+    if train_batch > 0:
+        x = torch.randn(train_batch, 3, *hw, device=dev).to(memory_format=mf)
+        with torch.no_grad():
+            yshape = model(x[:1]).shape  # still in eval mode
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        if head == "classification":
+            target = torch.randint(0, yshape[1], (train_batch,), device=dev)
+            lossf = torch.nn.functional.cross_entropy
+        elif head == "segmentation":
+            target = torch.randint(0, yshape[1], (train_batch, *yshape[2:]), device=dev)
+            lossf = torch.nn.functional.cross_entropy
+        else:
+            target = torch.rand(train_batch, *yshape[1:], device=dev)
+            lossf = torch.nn.functional.mse_loss
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = lossf(fwd(x).float(), target)
+            loss.backward()
+            opt.step()
+            sync()
+        out["train"] = train_batch / _median_time(step, args.warmup + (2 if args.torch_compile else 0),
+                                                  args.iters)
+    if dev.type == "cuda":
+        out["peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+def bench_pose_pipeline(batch_size: int, num_batches: int, root: str | None = None, hw=(256, 192)) -> dict:
+    import tempfile
+    from hrnet_jax.data.coco_keypoints import CocoKeypointSource
+    from hrnet_jax.data.synthetic_pose import ensure_synthetic_pose_dataset
+    from hrnet_jax.tasks.pose.pipeline import AugmentConfig, measure_throughput, train_dataset
+    from hrnet_jax.tasks.pose.spec import COCO17
+    root = root or os.path.join(tempfile.gettempdir(), "hrnet_bench_synthetic_pose")
+    paths = ensure_synthetic_pose_dataset(root, COCO17, num_train=64, num_val=8)
+    src = CocoKeypointSource(paths["train_ann"], paths["train_images"], COCO17, hw)
+    ds = train_dataset(src, COCO17, hw, (hw[0] // 4, hw[1] // 4), 2.0, AugmentConfig(), batch_size, seed=0)
+    res = {"single_thread": measure_throughput(ds, num_batches=num_batches, num_threads=0)}
+    n = os.cpu_count() or 1
+    if n > 1:
+        res[f"{n}_threads"] = measure_throughput(ds, num_batches=num_batches, num_threads=n)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- output
+def _fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}; python {m['python']}, "
+             f"jax {m['jax']}, flax {m['flax']}"
+             + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
+                if "torch" in m else ", torch not measured")
+             + f"; XLA_FLAGS='{m['xla_flags']}'; dtype {results['config']['dtype']}; load {m['load_at_start']}", ""]
+    bs = results["config"]["batches"]
+    small, big = min(bs), max(bs)
+    tb = results["config"]["train_batch"]
+    hdr = (f"| model | input | jax b{small} img/s | torch b{small} | ratio | jax b{big} img/s | torch b{big} | ratio "
+           f"| jax b{big} unfolded | jax train b{tb} img/s | torch train | ratio | compile infer/train s "
+           f"| GFLOP/img | GFLOP/s infer/train | peak MB | load |")
+    lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    for r in results["models"]:
+        j, t, ra = r.get("jax", {}), r.get("torch", {}), r.get("ratios", {})
+        cs = j.get("compile_s", {})
+        gf = j.get("gflops", {})
+        lines.append("| " + " | ".join([
+            r["name"], "x".join(map(str, r["input_hw"])),
+            _fmt(j.get(f"infer_b{small}")), _fmt(t.get(f"infer_b{small}")), _fmt(ra.get(f"infer_b{small}"), 2),
+            _fmt(j.get(f"infer_b{big}")), _fmt(t.get(f"infer_b{big}")), _fmt(ra.get(f"infer_b{big}"), 2),
+            _fmt(j.get(f"infer_b{big}_unfolded")),
+            _fmt(j.get("train")), _fmt(t.get("train")), _fmt(ra.get("train"), 2),
+            f"{_fmt(cs.get(f'infer_b{big}'))}/{_fmt(cs.get('train'))}",
+            _fmt(j.get("gflop_per_image"), 2),
+            f"{_fmt(gf.get(f'infer_b{big}'))}/{_fmt(gf.get('train'))}",
+            _fmt(j.get("peak_mb"), 0), _fmt(r.get("load"), 2)]) + " |")
+    if results.get("pose_pipeline"):
+        lines += ["", "Pose input pipeline (synthetic COCO-17, decode+augment+targets, no model): " + ", ".join(
+            f"{k}: {v['images_per_s']:.1f} img/s (batch {int(v['batch_size'])})"
+            for k, v in results["pose_pipeline"].items())]
+    return "\n".join(lines)
+
+
+def ratios(jax_res: dict, torch_res: dict) -> dict:
+    """JAX images/s divided by torch images/s for every throughput both measured."""
+    out = {}
+    for k, v in jax_res.items():
+        if (k.startswith("infer_b") or k == "train") and not k.endswith("_unfolded") \
+                and isinstance(v, (int, float)) and isinstance(torch_res.get(k), (int, float)) and torch_res[k] > 0:
+            out[k] = round(v / torch_res[k], 3)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m hrnet_jax.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=None, help="comma list of name[@HxW] (default: the issue's set)")
+    p.add_argument("--quick", action="store_true", help=f"the 2-core-CPU subset {QUICK_MODELS}, batch 1,4")
+    p.add_argument("--batch", default="1,8", help="inference batch sizes (comma list; default 1,8)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default: largest --batch; 0 = skip)")
+    p.add_argument("--size", default=None, help="HxW for every model without an @HxW")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--no-scan", action="store_true", help="unrolled Python loops instead of nn.scan")
+    p.add_argument("--scan-unroll", default="true", help="'true' (full unroll) or k (rolled loop of k units)")
+    p.add_argument("--no-unfolded", action="store_true", help="skip the BN-unfolded inference measurement")
+    p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke test: a narrow JAX config (figures not comparable with torch's full model)")
+    p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model")
+    p.add_argument("--torch-channels-last", action="store_true")
+    p.add_argument("--torch-device", default="auto", choices=["auto", "cpu"])
+    p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
+    p.add_argument("--pipeline-batches", type=int, default=10)
+    p.add_argument("--json", default=None, metavar="OUT")
+    p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
+    args = p.parse_args(argv)
+    if args.device_script:
+        print(GPU_COMMAND)
+        return {}
+    batches = tuple(int(b) for b in args.batch.split(","))
+    specs = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else DEFAULT_MODELS)
+    if args.quick and args.batch == "1,8":
+        batches = (1, 4)
+    train_batch = max(batches) if args.train_batch is None else args.train_batch
+
+    torch_mod = None
+    if not args.no_torch:
+        try:
+            import torch
+            import timm  # noqa: F401
+            torch.set_num_threads(os.cpu_count() or 1)
+            torch_mod = torch
+        except ImportError as e:
+            print(f"# torch/timm not available ({e}); JAX only", file=sys.stderr)
+    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
+    results: dict[str, Any] = {"machine": machine_info(torch_mod), "models": [],
+                               "config": dict(batches=list(batches), train_batch=train_batch, warmup=args.warmup,
+                                              iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
+                                              scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
+                                              tiny=args.tiny)}
+    for s in specs:
+        name, hw = parse_model(s.strip())
+        spec = MODEL_SPECS[resolve_name(name)]
+        if hw is None:
+            hw = tuple(int(v) for v in args.size.lower().split("x")) if args.size else DEFAULT_SIZES[spec["head"]]
+        entry: dict[str, Any] = {"name": name, "input_hw": list(hw), "head": spec["head"], "load": _loadavg()}
+        print(f"# {name} @{hw[0]}x{hw[1]} (load {entry['load']})", file=sys.stderr, flush=True)
+        entry["jax"] = bench_jax(name, hw, batches, train_batch, args)
+        if torch_mod is not None:
+            entry["torch"] = bench_torch(name, hw, batches, train_batch, spec["num_outputs"], args)
+            entry["ratios"] = ratios(entry["jax"], entry["torch"])
+        results["models"].append(entry)
+        print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
+        if args.json:  # keep partial results of long runs
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+    if args.pose_pipeline:
+        results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
+    print(markdown(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
