@@ -5,6 +5,7 @@
     python -m hrnet_jax.bench --models hrnet_w32,pose_hrnet_w32@384x288 --batch 1,8 --json out.json
     python -m hrnet_jax.bench --pose-pipeline       # also: pose input-pipeline images/s (no model)
     python -m hrnet_jax.bench --device-script       # prints the one command for a GPU machine
+                                                    # (bash scripts/bench_gpu.sh: bf16, eager + torch.compile)
 
 Per model (after ``--warmup`` untimed calls, the median of ``--iters`` timed calls, each synchronised):
 
@@ -41,9 +42,7 @@ DEFAULT_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "hrnet_w32", "hrnet_w48", "
 QUICK_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "pose_hrnet_w32@256x192")
 DEFAULT_SIZES = {"classification": (224, 224), "pose": (256, 192), "segmentation": (512, 1024)}
 TIMM_NAMES = {"w18_small_v1": "hrnet_w18_small", "w18_small_v2": "hrnet_w18_small_v2"}
-GPU_COMMAND = ("python -m hrnet_jax.bench --dtype bfloat16 --batch 1,128 --train-batch 64 --torch-compile "
-               "--models hrnet_w18,hrnet_w32,hrnet_w48,pose_hrnet_w32@256x192,pose_hrnet_w32@384x288,"
-               "seg_hrnet_w48@512x1024 --json bench_gpu.json")
+GPU_COMMAND = "bash scripts/bench_gpu.sh"  # bf16, batch 1/128, train 64; timm eager and torch.compile
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

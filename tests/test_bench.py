@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,9 @@ def test_ratios_are_jax_over_torch():
 def test_device_script_prints_one_command():
     out = subprocess.run([sys.executable, "-m", "hrnet_jax.bench", "--device-script"], capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert out.startswith("python -m hrnet_jax.bench") and "bfloat16" in out and "--torch-compile" in out
-    assert "\n" not in out
+    assert out == "bash scripts/bench_gpu.sh" and "\n" not in out
+    script = (Path(__file__).parent.parent / "scripts" / "bench_gpu.sh").read_text()
+    assert "python -m hrnet_jax.bench" in script and "bfloat16" in script and "--torch-compile" in script
 
 
 def test_cli_json(tmp_path):
