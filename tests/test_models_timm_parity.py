@@ -64,7 +64,7 @@ def test_eval_mode_logits_and_streams(timm_name, name):
         assert _rel(np.asarray(got), ref) < RTOL
 
 
-@pytest.mark.parametrize("timm_name,name", CASES[:2])
+@pytest.mark.parametrize("timm_name,name", CASES)
 def test_train_mode_batch_stats_and_running_update(timm_name, name):
     tm = _timm_model(timm_name, seed=3).train()
     variables = torch_to_flax(tm.state_dict(), name)
