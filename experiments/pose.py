@@ -24,6 +24,7 @@ turn it into the real override.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from hrnet_jax.models.backbone import HRNetConfig
@@ -44,6 +45,18 @@ ARCHS = {
 }
 
 
+def _task(**fields) -> dict:
+    """Every :class:`PoseTaskConfig` field (so each can be overridden with ``--config.task.<field>=``), updated."""
+    from hrnet_jax.tasks.pose.task import PoseTaskConfig
+    skip = {"batch_size", "seed", "model_name", "model_dtype", "model_overrides"}   # from the loop config
+    base = {f.name: getattr(PoseTaskConfig(), f.name) for f in dataclasses.fields(PoseTaskConfig)
+            if f.name not in skip}
+    unknown = set(fields) - set(base)
+    if unknown:
+        raise ValueError(f"unknown pose task fields {sorted(unknown)}")
+    return {**base, **fields}
+
+
 def _coco(model: str, input_hw: tuple[int, int], batch: int, epochs: int = 210, drops=(170, 200)):
     steps_per_epoch = math.ceil(COCO_TRAIN_INSTANCES / batch)
     total = epochs * steps_per_epoch
@@ -53,7 +66,7 @@ def _coco(model: str, input_hw: tuple[int, int], batch: int, epochs: int = 210, 
         model=dict(name=model, dtype="float32"),
         optimizer=dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="step",
                        boundaries=tuple(d * steps_per_epoch for d in drops), decay_factor=0.1),
-        task=dict(
+        task=_task(
             data_root="data/coco",
             train_ann="annotations/person_keypoints_train2017.json", train_images="train2017",
             val_ann="annotations/person_keypoints_val2017.json", val_images="val2017",
@@ -82,7 +95,7 @@ def pose_w48_384x288():
     return _coco("pose_hrnet_w48", (384, 288), 96)
 
 
-DEMO_STEPS = 600
+DEMO_STEPS = 450
 
 
 def pose_demo():
@@ -93,9 +106,9 @@ def pose_demo():
         keep_checkpoints=1,
         model=dict(name="pose_hrnet_w18_small_v1", dtype="float32", arch="demo_w16"),
         optimizer=dict(name="adam", lr=2e-3, weight_decay=0.0, schedule="cosine", warmup_steps=30, end_lr=2e-5),
-        task=dict(
+        task=_task(
             data_root="data/pose_demo",
-            synthetic=dict(num_train=1500, num_val=150, image_size_hw=(192, 192), max_people=2,
+            synthetic=dict(num_train=1200, num_val=150, image_size_hw=(192, 192), max_people=2,
                            height_range=(0.45, 0.9), seed=0),
             spec="coco", input_size=(128, 96), sigma=2.0,
             scale_factor=0.25, rotation_factor=30.0, rot_prob=0.5, flip=True, prob_half_body=0.2,

@@ -26,6 +26,13 @@ test with the spec's flip pairs), flip averaging and decoding on device inside o
 * ``<image stem>.jpg``: the picture with the skeleton drawn (keypoints scoring below ``--kpt-thre`` omitted);
 * with ``--video``: ``<video stem>_pose.mp4`` (annotated frames) and ``<video stem>_keypoints.json``.
 
+Evaluation only (no training step, so BN statistics stay as loaded)::
+
+    python -m hrnet_jax.predict --checkpoint CKPT --evaluate pose_w32 --out DIR [--config.task.data_root=...]
+
+runs the experiment's validation set (its boxes, flip test, decoding, OKS-NMS, COCOeval) and writes
+``DIR/eval_metrics.json`` (``--config.task.results_path=DIR/results.json`` also keeps the COCO results).
+
 From Python: ``Predictor(checkpoint).predict(image_rgb, boxes=None)`` → a list of per-person dicts.
 """
 from __future__ import annotations
@@ -44,7 +51,7 @@ import numpy as np
 
 from hrnet_jax.data import transforms as T
 
-__all__ = ["Predictor", "load_checkpoint", "draw_pose", "read_boxes", "main"]
+__all__ = ["Predictor", "load_checkpoint", "evaluate", "draw_pose", "read_boxes", "main"]
 
 
 def _latest_step_dir(ckpt_dir: str, step: int | None = None) -> str:
@@ -137,7 +144,7 @@ class Predictor:
         self.task, self.spec = task, task.spec
         self.input_size = task.input_size  # (H, W)
         self.model = task.build_model()
-        self.variables = jax.device_put(variables)
+        self.variables = jax.device_put(_layout_like_model(self.model, variables, self.input_size))
         self.batch_size = int(batch_size)
         self.kpt_thre = float(kpt_thre)
         self.padding = float(task.cfg.box_padding)
@@ -199,6 +206,48 @@ class Predictor:
 
     def draw(self, image_bgr: np.ndarray, people: list[dict]) -> np.ndarray:
         return draw_pose(image_bgr, people, self.spec.skeleton, self.kpt_thre)
+
+
+def _layout_like_model(model, variables: dict, input_size) -> dict:
+    """``variables`` restacked to the model's layout (scanned <-> unrolled runs), when they differ only so."""
+    from hrnet_jax.models.params import restack
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_size, 3)),
+                                                 train=False))
+    out = dict(variables)
+    for k in ("params", "batch_stats"):
+        if k in abstract:
+            try:
+                out[k] = restack(variables.get(k, {}), abstract[k])
+            except (KeyError, ValueError):
+                pass   # a different structure: apply() reports it
+    return out
+
+
+def evaluate(checkpoint: str, experiment: str, overrides: Sequence[str] = (), step: int | None = None) -> dict:
+    """COCO keypoint evaluation of ``checkpoint`` with ``experiment``'s task (data, boxes, flip test, decoding):
+    the training loop's eval step and evaluator, without training. Returns ``{"AP": ..., ...}``."""
+    import types
+
+    from experiments import build_task, get_experiment
+    from hrnet_jax.train import _evaluate
+    from hrnet_jax.training import sharding as shd
+    from hrnet_jax.training import steps
+
+    cfg = get_experiment(experiment, list(overrides))
+    task = build_task(cfg)
+    _, variables = load_checkpoint(checkpoint, step=step, input_size=task.input_size, spec=task.spec)
+    model = task.build_model()
+    variables = _layout_like_model(model, variables, task.input_size)
+    mesh = shd.make_mesh(None)
+    data_sh = shd.batch_sharding(mesh)
+    state = jax.device_put({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
+                           shd.replicated(mesh))
+
+    @jax.jit
+    def eval_step(v, batch):   # the loop's eval step on a {params, batch_stats} dict
+        return steps.eval_step(types.SimpleNamespace(**v), batch, model=model, task=task)
+    with jax.set_mesh(mesh):
+        return _evaluate(task, eval_step, state, data_sh, cfg.eval_steps)
 
 
 def _color(i: int) -> tuple[int, int, int]:
@@ -301,9 +350,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--input-size", default="", help="HxW for a converted checkpoint (default 256x192)")
     p.add_argument("--spec", default=None, help="keypoint spec: coco, mpii or a spec JSON (converted checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
-    a = p.parse_args(argv)
+    p.add_argument("--evaluate", default="", metavar="EXPERIMENT",
+                   help="evaluate the checkpoint on EXPERIMENT's validation set (COCOeval) instead of predicting; "
+                        "--config.<key>=<value> overrides its config (e.g. --config.task.data_root=data/coco)")
+    a, rest = p.parse_known_args(argv)
+    bad = [r for r in rest if not r.startswith("--config.")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if a.evaluate:
+        overrides = [r[len("--config."):] for r in rest]
+        metrics = evaluate(a.checkpoint, a.evaluate, overrides, step=a.step)
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "eval_metrics.json"), "w") as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
+        print(", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()))
+        return 0
+    if rest:
+        p.error("--config.* overrides need --evaluate")
     if not a.images and not a.video:
-        p.error("give --images and/or --video")
+        p.error("give --images and/or --video (or --evaluate EXPERIMENT)")
     input_size = tuple(int(v) for v in a.input_size.lower().split("x")) if a.input_size else None
     try:
         pred = Predictor(a.checkpoint, step=a.step, input_size=input_size, spec=a.spec, batch_size=a.batch_size,

@@ -1,0 +1,77 @@
+"""Pose experiment configs against the official recipe (numbers worked out by hand from the yamls), path
+resolution on COCO's standard layout, and the demo's settings. Nothing here trains."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from experiments import build_task, get_experiment, list_experiments
+from hrnet_jax.training.optim import make_schedule
+
+# ceil(149813 / 128) = 1171 steps per epoch; ceil(149813 / 96) = 1561.
+RECIPES = {
+    "pose_w32": ("pose_hrnet_w32", (256, 192), 128, 2.0, 1171),
+    "pose_w32_384x288": ("pose_hrnet_w32", (384, 288), 128, 3.0, 1171),
+    "pose_w48": ("pose_hrnet_w48", (256, 192), 128, 2.0, 1171),
+    "pose_w48_384x288": ("pose_hrnet_w48", (384, 288), 96, 3.0, 1561),
+}
+
+
+def test_all_registered():
+    assert set(RECIPES) | {"pose_demo"} <= set(list_experiments())
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_coco_recipe(name):
+    model, size, batch, sigma, spe = RECIPES[name]
+    cfg = get_experiment(name)
+    assert cfg.family == "experiments.pose"
+    assert cfg.model.name == model and tuple(cfg.task.input_size) == size and cfg.task.sigma == sigma
+    assert cfg.batch_size == batch and cfg.total_steps == 210 * spe
+    o = cfg.optimizer
+    assert (o.name, o.lr, o.weight_decay, o.schedule, o.decay_factor) == ("adam", 1e-3, 0.0, "step", 0.1)
+    assert tuple(o.boundaries) == (170 * spe, 200 * spe)
+    lr = make_schedule(o, cfg.total_steps)
+    np.testing.assert_allclose([float(lr(s)) for s in (0, 170 * spe - 1, 170 * spe + 1, 200 * spe - 1,
+                                                       200 * spe + 1, 210 * spe)],
+                               [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-5)
+    t = cfg.task
+    assert t.flip_test and t.shift_heatmap and t.decode == "legacy" and t.use_oks_nms and t.oks_thre == 0.9
+    assert t.eval_boxes == "det" and t.in_vis_thre == 0.2
+    assert (t.scale_factor, t.rotation_factor, t.prob_half_body, t.flip) == (0.35, 45.0, 0.3, True)
+    assert cfg.eval_every > 0 and cfg.total_steps % cfg.eval_every == 0   # the last step is evaluated
+    assert cfg.best_metric == "AP"
+
+
+def test_coco_paths_standard_layout_and_override(tmp_path):
+    task = build_task(get_experiment("pose_w32"))
+    p = task.paths
+    assert p["train_ann"] == os.path.join("data/coco", "annotations/person_keypoints_train2017.json")
+    assert p["train_images"] == os.path.join("data/coco", "train2017")
+    assert p["val_ann"] == os.path.join("data/coco", "annotations/person_keypoints_val2017.json")
+    assert p["val_images"] == os.path.join("data/coco", "val2017")
+    assert p["det_file"] == os.path.join(
+        "data/coco", "person_detection_results/COCO_val2017_detections_AP_H_56_person.json")
+    assert task.input_size == (256, 192) and task.heatmap_size == (64, 48) and task.sigma == 2.0
+    root = str(tmp_path / "coco")
+    task = build_task(get_experiment("pose_w48_384x288", [f"task.data_root={root}",
+                                                          "task.det_file=/abs/dets.json"]))
+    assert task.paths["val_images"] == os.path.join(root, "val2017")
+    assert task.paths["det_file"] == "/abs/dets.json"
+    assert task.heatmap_size == (96, 72) and task.sigma == 3.0
+    assert task.cfg.model_name == "pose_hrnet_w48"
+
+
+def test_demo_config():
+    cfg = get_experiment("pose_demo")
+    assert cfg.eval_every == cfg.total_steps and cfg.task.flip_test
+    h, w = cfg.task.input_size
+    assert h % 32 == 0 and w % 32 == 0
+    assert cfg.task.synthetic and cfg.task.data_root
+    from experiments.pose import ARCHS, task_config
+    tc = task_config(cfg)
+    assert tc.model_overrides["config"] is ARCHS[cfg.model.arch]
+    with pytest.raises(ValueError, match="unknown model.arch"):
+        task_config(get_experiment("pose_demo", {"model.arch": "nope"}))
