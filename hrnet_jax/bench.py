@@ -412,7 +412,7 @@ def markdown(results: dict) -> str:
              f"jax {m['jax']}, flax {m['flax']}"
              + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
-             + f"; XLA_FLAGS='{m['xla_flags']}'; dtype {results['config']['dtype']}; load {m['load_at_start']}", ""]
+             + f"; XLA_FLAGS='{m['xla_flags']}'; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
     tb = results["config"]["train_batch"]
@@ -471,11 +471,18 @@ def main(argv=None) -> dict:
     p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model")
     p.add_argument("--torch-channels-last", action="store_true")
     p.add_argument("--torch-device", default="auto", choices=["auto", "cpu"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for both sides (default: all cores; 1 also makes XLA single-threaded). On a "
+                        "CPU shared with other work, 2-thread PyTorch eager collapses (OpenMP barriers)")
     p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
     args = p.parse_args(argv)
+    threads = args.threads or os.cpu_count() or 1
+    if args.threads == 1:  # XLA reads XLA_FLAGS when its backend starts (the first computation)
+        extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
     if args.device_script:
         print(GPU_COMMAND)
         return {}
@@ -490,7 +497,7 @@ def main(argv=None) -> dict:
         try:
             import torch
             import timm  # noqa: F401
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(threads)
             torch_mod = torch
         except ImportError as e:
             print(f"# torch/timm not available ({e}); JAX only", file=sys.stderr)
@@ -499,7 +506,7 @@ def main(argv=None) -> dict:
                                "config": dict(batches=list(batches), train_batch=train_batch, warmup=args.warmup,
                                               iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
                                               scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
-                                              tiny=args.tiny)}
+                                              tiny=args.tiny, threads=threads)}
     for s in specs:
         name, hw = parse_model(s.strip())
         spec = MODEL_SPECS[resolve_name(name)]
