@@ -188,7 +188,8 @@ def test_evaluate_matches_pycocotools_on_written_results(converted, tmp_path):
                f"--config.task.data_root={root}", "--config.task.synthetic.num_train=2",
                "--config.task.synthetic.num_val=5", "--config.task.synthetic.image_size_hw=(96,96)",
                f"--config.task.input_size=({H_IN},{W_IN})", "--config.task.eval_batch_size=4",
-               f"--config.task.results_path={results}", "--config.task.use_oks_nms=False"])
+               f"--config.task.results_path={results}", "--config.task.use_oks_nms=False",
+               "--config.task.eval_boxes=gt"])
     assert rc == 0
     metrics = json.loads((out / "eval_metrics.json").read_text())
     gt = COCO(str(root / "annotations" / "person_keypoints_val.json"))
