@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from hrnet_jax.models.backbone import HRNetConfig
 from hrnet_jax.models.stage import StageConfig
@@ -147,4 +148,23 @@ def task_config(config):
 
 def build_task(config):
     from hrnet_jax.tasks.pose import PoseTask
-    return PoseTask(task_config(config))
+    task = PoseTask(task_config(config))
+    _check_data(task)
+    return task
+
+
+def _check_data(task) -> None:
+    """A clear error (the expected layout) when a real dataset is not where the config says."""
+    from hrnet_jax.training.config import ConfigError
+    c, p = task.cfg, task.paths
+    if c.synthetic:
+        return
+    missing = [p["val_ann"]] if not os.path.exists(p["val_ann"]) else []
+    if c.eval_boxes == "det" and p["det_file"] and not os.path.exists(p["det_file"]):
+        missing.append(p["det_file"])
+    if missing:
+        raise ConfigError(
+            f"missing {', '.join(missing)}. Expected under task.data_root={c.data_root!r} (COCO layout): "
+            f"{c.train_ann}, {c.val_ann}, {c.train_images}/, {c.val_images}/ and, for eval_boxes='det', "
+            f"task.det_file={c.det_file!r} (the official {os.path.basename(COCO_DET_FILE)}). Set "
+            f"--config.task.data_root=/path/to/coco (or task.det_file / task.eval_boxes=gt).")

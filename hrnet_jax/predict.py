@@ -359,7 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     if a.evaluate:
         overrides = [r[len("--config."):] for r in rest]
-        metrics = evaluate(a.checkpoint, a.evaluate, overrides, step=a.step)
+        from hrnet_jax.training.config import ConfigError
+        try:
+            metrics = evaluate(a.checkpoint, a.evaluate, overrides, step=a.step)
+        except (ConfigError, FileNotFoundError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "eval_metrics.json"), "w") as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)

@@ -45,7 +45,23 @@ def test_coco_recipe(name):
     assert cfg.best_metric == "AP"
 
 
-def test_coco_paths_standard_layout_and_override(tmp_path):
+def _fake_coco(root):
+    """Empty files at the standard COCO paths (nothing is read when a task is built)."""
+    for rel in ("annotations/person_keypoints_train2017.json", "annotations/person_keypoints_val2017.json",
+                "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"):
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        open(os.path.join(root, rel), "w").close()
+
+
+def test_missing_data_is_a_clear_config_error(tmp_path):
+    from hrnet_jax.training.config import ConfigError
+    with pytest.raises(ConfigError, match="person_keypoints_val2017.json.*task.data_root"):
+        build_task(get_experiment("pose_w32", [f"task.data_root={tmp_path / 'nowhere'}"]))
+
+
+def test_coco_paths_standard_layout_and_override(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_coco("data/coco")
     task = build_task(get_experiment("pose_w32"))
     p = task.paths
     assert p["train_ann"] == os.path.join("data/coco", "annotations/person_keypoints_train2017.json")
@@ -56,10 +72,12 @@ def test_coco_paths_standard_layout_and_override(tmp_path):
         "data/coco", "person_detection_results/COCO_val2017_detections_AP_H_56_person.json")
     assert task.input_size == (256, 192) and task.heatmap_size == (64, 48) and task.sigma == 2.0
     root = str(tmp_path / "coco")
-    task = build_task(get_experiment("pose_w48_384x288", [f"task.data_root={root}",
-                                                          "task.det_file=/abs/dets.json"]))
+    _fake_coco(root)
+    dets = str(tmp_path / "dets.json")
+    open(dets, "w").close()
+    task = build_task(get_experiment("pose_w48_384x288", [f"task.data_root={root}", f"task.det_file={dets}"]))
     assert task.paths["val_images"] == os.path.join(root, "val2017")
-    assert task.paths["det_file"] == "/abs/dets.json"
+    assert task.paths["det_file"] == dets
     assert task.heatmap_size == (96, 72) and task.sigma == 3.0
     assert task.cfg.model_name == "pose_hrnet_w48"
 
