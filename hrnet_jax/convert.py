@@ -5,7 +5,8 @@
 SRC is a ``.pth``/``.pt``/``.pth.tar`` file (read with ``torch.load(weights_only=True)``: arbitrary pickled
 objects are refused) or a ``.safetensors`` file. Accepted containers: a bare state dict, or a dict holding it
 under ``state_dict``/``model``/``best_state_dict``; ``module.`` (DataParallel) and ``model.`` (segmentation
-FullModel) prefixes are stripped; ``num_batches_tracked`` and ``loss.*`` buffers are dropped.
+FullModel) and mmdet ``backbone.``/``neck.`` prefixes are stripped; ``num_batches_tracked`` and ``loss.*``
+buffers are dropped.
 
 Loading is strict by default: any missing, unexpected or shape-mismatched key fails with a report naming the
 keys. ``backbone_only=True`` is the official recipe for initialising a pose/segmentation model from ImageNet
@@ -106,7 +107,7 @@ def load_state_dict(src: Any) -> dict[str, np.ndarray]:
     for key, value in src.items():
         if not hasattr(value, "shape"):
             raise ValueError(f"entry {key!r} is a {type(value).__name__}, not a tensor")
-        for prefix in ("module.", "model."):
+        for prefix in ("module.", "model.", "backbone.", "neck."):  # DataParallel, SEG FullModel, mmdet
             while key.startswith(prefix):
                 key = key[len(prefix):]
         if key.endswith("num_batches_tracked") or key.startswith("loss."):
