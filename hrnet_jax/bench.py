@@ -454,7 +454,7 @@ def ratios(jax_res: dict, torch_res: dict) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m hrnet_jax.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=None, help="comma list of name[@HxW] (default: the issue's set)")
+    p.add_argument("--models", default=None, help="comma list of name[@HxW] (default: the issue's set; 'none': no model)")
     p.add_argument("--quick", action="store_true", help=f"the 2-core-CPU subset {QUICK_MODELS}, batch 1,4")
     p.add_argument("--batch", default="1,8", help="inference batch sizes (comma list; default 1,8)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default: largest --batch; 0 = skip)")
@@ -474,6 +474,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0,
                    help="threads for both sides (default: all cores; 1 also makes XLA single-threaded). On a "
                         "CPU shared with other work, 2-thread PyTorch eager collapses (OpenMP barriers)")
+    p.add_argument("--xla-onednn", default="keep", choices=["on", "off", "keep"],
+                   help="XLA CPU convolutions through oneDNN (--xla_cpu_use_onednn; no measurable gain at low load on "
+                        "the 2-core EPYC: W32 b4 116 GFLOP/s either way); keep (default) leaves XLA_FLAGS alone")
     p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
@@ -483,11 +486,16 @@ def main(argv=None) -> dict:
     if args.threads == 1:  # XLA reads XLA_FLAGS when its backend starts (the first computation)
         extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+    if args.xla_onednn != "keep" and "xla_cpu_use_onednn" not in os.environ.get("XLA_FLAGS", ""):
+        flag = f"--xla_cpu_use_onednn={'true' if args.xla_onednn == 'on' else 'false'}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     if args.device_script:
         print(GPU_COMMAND)
         return {}
     batches = tuple(int(b) for b in args.batch.split(","))
     specs = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else DEFAULT_MODELS)
+    if args.models == "none":  # e.g. --models none --pose-pipeline
+        specs = []
     if args.quick and args.batch == "1,8":
         batches = (1, 4)
     train_batch = max(batches) if args.train_batch is None else args.train_batch

@@ -10,7 +10,7 @@ PY=${PYTHON:-python}
 mkdir -p "$OUT"
 run() {  # name, XLA_FLAGS, extra bench args
   local tag=$1 flags=$2; shift 2
-  XLA_FLAGS="$flags" $PY -m hrnet_jax.bench --no-torch --no-unfolded --models "$MODEL" --batch "$BATCH" \
+  XLA_FLAGS="$flags" $PY -m hrnet_jax.bench --xla-onednn keep --no-torch --no-unfolded --models "$MODEL" --batch "$BATCH" \
     --warmup 1 --iters 3 --json "$OUT/$tag.json" "$@" > /dev/null 2> "$OUT/$tag.err" || { echo "| $tag | failed |"; return; }
   $PY - "$OUT/$tag.json" "$tag" <<'PYEOF'
 import json, sys
@@ -22,11 +22,12 @@ PYEOF
 }
 echo "| variant | model | compile infer s | infer img/s | compile train s | train img/s | GFLOP/s infer | load | jax |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for v in ${VARIANTS:-default noscan unroll1 nothunk fastmath bf16}; do
+for v in ${VARIANTS:-default onednn noscan unroll1 nothunk fastmath bf16}; do
   case $v in
     default) run default "" ;;
     noscan) run noscan "" --no-scan ;;
     unroll1) run unroll1 "" --scan-unroll 1 ;;
+    onednn) run onednn "--xla_cpu_use_onednn=true" ;;
     nothunk) run nothunk "--xla_cpu_use_thunk_runtime=false" ;;
     fastmath) run fastmath "--xla_cpu_enable_fast_math=true" ;;
     bf16) run bf16 "" --dtype bfloat16 ;;
