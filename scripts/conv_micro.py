@@ -2,6 +2,7 @@
 PyTorch eager, for trying XLA CPU flags (run once per XLA_FLAGS value; torch is measured in the same process).
 
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_convolution python scripts/conv_micro.py
+    python scripts/conv_micro.py --grad     # forward + backward (what a train step adds)
 """
 import os
 import statistics
@@ -48,6 +49,11 @@ def main():
             outs.append(x)
         return outs
 
+    grad = "--grad" in sys.argv  # forward + backward (input and weight gradients), 3x the flops
+    if grad:
+        flops *= 3
+        f0 = f
+        f = jax.grad(lambda xs, ws, bs: sum(jnp.sum(o) for o in f0(xs, ws, bs)), argnums=(0, 1, 2))
     jf = jax.jit(f)
     args = jax.device_put((xs, ws, bs))
     t = time.perf_counter()
@@ -60,16 +66,20 @@ def main():
         import torch
         torch.set_num_threads(os.cpu_count())
         F = torch.nn.functional
-        txs = [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) for x in xs]
-        tws = [[torch.from_numpy(w.transpose(3, 2, 0, 1).copy()) for w in wl] for wl in ws]
-        tbs = [[torch.from_numpy(b) for b in bl] for bl in bs]
+        txs = [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(grad) for x in xs]
+        tws = [[torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).requires_grad_(grad) for w in wl] for wl in ws]
+        tbs = [[torch.from_numpy(b).requires_grad_(grad) for b in bl] for bl in bs]
 
         def tf():
-            with torch.inference_mode():
+            with torch.set_grad_enabled(grad):
+                outs = []
                 for x, w, b in zip(txs, tws, tbs):
                     for k in range(NBLOCKS):
                         y = F.relu(F.conv2d(x, w[2 * k], b[2 * k], padding=1))
                         x = F.relu(F.conv2d(y, w[2 * k + 1], b[2 * k + 1], padding=1) + x)
+                    outs.append(x)
+                if grad:
+                    sum(o.sum() for o in outs).backward()
         tt = med(tf)
         line += f"; torch {tt * 1e3:.1f} ms ({flops / tt / 1e9:.1f} GFLOP/s); jax/torch speed {tt / tj:.2f}x"
     print(line + f"; load {os.getloadavg()[0]:.2f}", flush=True)
