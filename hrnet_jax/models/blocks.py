@@ -6,10 +6,10 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, BatchNorm, conv
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin
 
 
-class _Block(nn.Module):
+class _Block(ConvBNMixin, nn.Module):
     planes: int
     stride: int = 1
     downsample: bool = False
@@ -18,14 +18,6 @@ class _Block(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-
-    def _conv(self, features, kernel, stride, name):
-        return conv(features, kernel, stride, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=self.kernel_init)
-
-    def _bn(self, name):
-        return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=name)
 
     def _shortcut(self, x, out_ch):
         if not self.downsample:

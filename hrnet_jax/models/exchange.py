@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, BatchNorm, conv, resize_bilinear, upsample_nearest
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, resize_bilinear, upsample_nearest
 
 
-class ExchangeUnit(nn.Module):
+class ExchangeUnit(ConvBNMixin, nn.Module):
     channels: Sequence[int]
     num_outputs: int
     upsample: str = "nearest"  # "nearest" | "bilinear"
@@ -32,14 +32,6 @@ class ExchangeUnit(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-
-    def _conv(self, features, kernel, stride, name):
-        return conv(features, kernel, stride, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=self.kernel_init)
-
-    def _bn(self, name):
-        return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=name)
 
     def _term(self, xs, i, j):
         x, c = xs[j], self.channels

@@ -76,6 +76,19 @@ class BatchNorm(nn.Module):
         return (x.astype(jnp.float32) * mul + shift).astype(dtype)
 
 
+class ConvBNMixin:
+    """``_conv`` / ``_bn`` factories for modules with ``train``, ``bn_momentum``, ``dtype``, ``param_dtype`` and
+    ``kernel_init`` fields (residual blocks, the exchange unit)."""
+
+    def _conv(self, features, kernel, stride, name):
+        return conv(features, kernel, stride, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=self.kernel_init)
+
+    def _bn(self, name):
+        return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name=name)
+
+
 def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
     """``nn.Upsample(scale_factor=factor, mode='nearest')`` on NHWC: pixel repetition."""
     if factor == 1:
