@@ -98,7 +98,7 @@ class _Layer1(nn.Module):
     def __call__(self, x):
         o = self.opts
         common = dict(planes=self.planes, train=self.train, bn_momentum=o.bn_momentum, dtype=o.dtype,
-                      param_dtype=o.param_dtype, kernel_init=o.kernel_init)
+                      param_dtype=o.param_dtype, kernel_init=o.kernel_init, cut_fusion=o.cut_fusion)
         x = Bottleneck(**common, downsample=x.shape[-1] != self.planes * 4, name="0")(x)
         return repeat(Bottleneck, common, x, start=1, count=self.num_blocks - 1, scan=o.scan,
                       scan_unroll=o.scan_unroll)

@@ -6,7 +6,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, cut_fusion
 
 
 class _Block(ConvBNMixin, nn.Module):
@@ -18,11 +18,15 @@ class _Block(ConvBNMixin, nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
+    cut_fusion: bool = False  # see layers.cut_fusion (on for XLA CPU)
 
     def _shortcut(self, x, out_ch):
         if not self.downsample:
             return x
         return self._bn("downsample.1")(self._conv(out_ch, 1, self.stride, "downsample.0")(x))
+
+    def _out(self, y):
+        return cut_fusion(y) if self.cut_fusion else y
 
 
 class BasicBlock(_Block):
@@ -34,7 +38,7 @@ class BasicBlock(_Block):
     def __call__(self, x):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 3, self.stride, "conv1")(x)))
         y = self._bn("bn2")(self._conv(self.planes, 3, 1, "conv2")(y))
-        return nn.relu(y + self._shortcut(x, self.planes))
+        return self._out(nn.relu(y + self._shortcut(x, self.planes)))
 
 
 class Bottleneck(_Block):
@@ -47,7 +51,7 @@ class Bottleneck(_Block):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 1, 1, "conv1")(x)))
         y = nn.relu(self._bn("bn2")(self._conv(self.planes, 3, self.stride, "conv2")(y)))
         y = self._bn("bn3")(self._conv(self.planes * 4, 1, 1, "conv3")(y))
-        return nn.relu(y + self._shortcut(x, self.planes * 4))
+        return self._out(nn.relu(y + self._shortcut(x, self.planes * 4)))
 
 
 BLOCKS = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, resize_bilinear, upsample_nearest
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, cut_fusion, resize_bilinear, upsample_nearest
 
 
 class ExchangeUnit(ConvBNMixin, nn.Module):
@@ -32,6 +32,7 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
+    cut_fusion: bool = False  # see layers.cut_fusion
 
     def _term(self, xs, i, j):
         x, c = xs[j], self.channels
@@ -64,5 +65,6 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
             y = self._term(xs, i, 0)
             for j in range(1, len(xs)):
                 y = y + self._term(xs, i, j)
-            outs.append(nn.relu(y))
+            y = nn.relu(y)
+            outs.append(cut_fusion(y) if self.cut_fusion else y)
         return tuple(outs)

@@ -89,6 +89,20 @@ class ConvBNMixin:
                          param_dtype=self.param_dtype, name=name)
 
 
+def cut_fusion(x: jax.Array) -> jax.Array:
+    """``x`` unchanged, computed into a buffer of its own that XLA will not re-compute in its consumers.
+
+    XLA's CPU fusion pass copies cheap elementwise producers into every consumer. HRNet's residual streams are
+    such chains: ``x_k = relu(bn(conv(..)) + x_{k-1})`` through a whole stage. Left alone, every block's add
+    and every transpose that a conv weight gradient needs re-computes all earlier blocks' BN / add / ReLU
+    (a 60-operand loop fusion per block). Measured on 2 CPU cores (pose W32 256x192, batch 4): train step
+    4.1 s -> 1.7 s, inference -13%. A float divide counts as expensive, so XLA does not duplicate it, and
+    ``x / 1`` is exact; the denominator is built from ``x`` so that no simplifier folds it away.
+    (``lax.optimization_barrier`` does not do this under jax 0.10: its XLA expands barriers before fusion.)
+    """
+    return x / jax.lax.stop_gradient(x * 0 + 1)
+
+
 def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
     """``nn.Upsample(scale_factor=factor, mode='nearest')`` on NHWC: pixel repetition."""
     if factor == 1:

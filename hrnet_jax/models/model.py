@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -39,13 +40,20 @@ class HRNet(nn.Module):
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
+    # layers.cut_fusion after blocks / exchange units: None = on when JAX's default backend is the CPU
+    cut_fusion: Optional[bool] = None
 
     @property
     def opts(self) -> ModuleOptions:
         return ModuleOptions(bn_momentum=self.bn_momentum, upsample=self.upsample,
                              align_corners=self.align_corners, scan=self.scan, scan_unroll=self.scan_unroll,
                              remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=self.kernel_init)
+                             kernel_init=self.kernel_init, cut_fusion=self._cut_fusion())
+
+    def _cut_fusion(self) -> bool:
+        if self.cut_fusion is None:
+            return jax.default_backend() == "cpu"
+        return bool(self.cut_fusion)
 
     @nn.compact
     def __call__(self, images, train: bool = False):

@@ -46,6 +46,7 @@ class ModuleOptions:
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
+    cut_fusion: bool = False  # layers.cut_fusion after every block and exchange unit (XLA CPU)
 
 
 class HRModule(nn.Module):
@@ -59,7 +60,8 @@ class HRModule(nn.Module):
     def __call__(self, xs):
         o, cfg = self.opts, self.cfg
         common = dict(train=self.train, scan=o.scan, scan_unroll=o.scan_unroll, bn_momentum=o.bn_momentum,
-                      dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init)
+                      dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init,
+                      cut_fusion=o.cut_fusion)
         ys = tuple(
             Stream(block=cfg.block, num_blocks=cfg.num_blocks[b], planes=cfg.num_channels[b],
                    in_channels=self.in_channels[b], name=f"branches.{b}", **common)(xs[b])
@@ -70,7 +72,7 @@ class HRModule(nn.Module):
                             num_outputs=cfg.num_branches if self.multi_scale_output else 1,
                             upsample=o.upsample, align_corners=o.align_corners, train=self.train,
                             bn_momentum=o.bn_momentum, dtype=o.dtype, param_dtype=o.param_dtype,
-                            kernel_init=o.kernel_init, name="fuse_layers")(ys)
+                            kernel_init=o.kernel_init, cut_fusion=o.cut_fusion, name="fuse_layers")(ys)
 
 
 class Stage(nn.Module):
