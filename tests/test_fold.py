@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from hrnet_jax import models
 from hrnet_jax.models import HRNetConfig, StageConfig
@@ -52,6 +53,12 @@ def test_folded_matches_unfolded(name, scan, hw):
     assert dict(folded.counts)["folded"] > 10
     # no running statistics left, and folded BNs keep at most a shift
     assert "batch_stats" not in fparams
+    if scan:  # unstacked for inference: the same tree as a scan=False model's (BN entries aside)
+        plain = jax.eval_shape(lambda: models.create(name, config=TINY, scan=False).init(
+            jax.random.PRNGKey(0), x[:1], train=False))["params"]
+        kernels = lambda t: {k: v.shape for k, v in flatten_dict(t, sep=".").items() if k.endswith("kernel")}  # noqa: E731
+        assert kernels(fparams) == kernels(plain)
+        assert not folded.model.scan
     out = jax.jit(folded.apply)(fparams, x)
     ref, out = np.asarray(ref), np.asarray(out)
     assert out.shape == ref.shape

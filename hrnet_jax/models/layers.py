@@ -23,12 +23,36 @@ NORMAL_0001 = nn.initializers.normal(0.001)  # POSE / SEG convs
 TORCH_LINEAR = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # nn.Linear default
 
 
+class Conv(nn.Conv):
+    """``nn.Conv`` (same parameters, names and shapes); a 1x1 stride-1 conv runs as one matmul over the channels.
+
+    ``[N*H*W, Cin] @ [Cin, Cout]`` is the same arithmetic, but XLA CPU computes its gradients as plain matmuls
+    instead of a "convolution" whose window is the whole feature map: the pointwise convs of HRNet's
+    bottlenecks and fusion units train 2-4x faster that way (measured on 2 cores, jax 0.10 and 0.12).
+    """
+
+    @nn.compact
+    def __call__(self, inputs):
+        pointwise = (tuple(self.kernel_size) == (1, 1) and self.strides in (1, None, (1, 1))
+                     and self.padding in ("VALID", "SAME", ((0, 0), (0, 0))) and self.feature_group_count == 1
+                     and self.kernel_dilation in (1, None, (1, 1)) and inputs.ndim == 4)
+        if not pointwise:
+            return super().__call__(inputs)
+        cin = inputs.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (1, 1, cin, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = jnp.dot(x.reshape(-1, cin), kernel.reshape(cin, self.features), precision=self.precision)
+        y = y.reshape(*x.shape[:-1], self.features)
+        return y if bias is None else y + bias
+
+
 def conv(features: int, kernel: int = 3, stride: int = 1, *, bias: bool = False, name: str,
          dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
          kernel_init: Callable = KAIMING_FAN_OUT) -> nn.Conv:
     """A PyTorch-style Conv2d: symmetric padding k//2 (never XLA 'SAME', which pads (0,1) at stride 2)."""
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    use_bias=bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
                    bias_init=nn.initializers.zeros, name=name)
 

@@ -56,6 +56,21 @@ def restack(tree: Mapping, target: Mapping, path: str = "") -> dict:
     return out
 
 
+def unstack(tree: Mapping) -> dict:
+    """The unrolled layout (``scan=False``) of any tree: every scanned ``"a:b"`` run becomes children
+    ``"a"`` ... ``"b-1"`` (nested runs included); other entries are kept as they are."""
+    out = {}
+    for k, v in tree.items():
+        m = _RANGE.match(k)
+        if m and isinstance(v, Mapping):
+            start, stop = int(m.group(1)), int(m.group(2))
+            for i in range(start, stop):
+                out[str(i)] = unstack(jax.tree_util.tree_map(lambda a, o=i - start: a[o], v))
+        else:
+            out[k] = unstack(v) if isinstance(v, Mapping) else v
+    return out
+
+
 def flatten(tree: Mapping, prefix: tuple = ()) -> dict:
     flat = {}
     for k, v in tree.items():
