@@ -179,6 +179,7 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
     import jax.numpy as jnp
     import numpy as np
     from hrnet_jax import models
+    from hrnet_jax import xla_options
     from hrnet_jax.models.fold import fold_batchnorm
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
@@ -193,8 +194,9 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
     variables = _random_variables(model, x1)
     rng = np.random.default_rng(1)
     folded, fparams = fold_batchnorm(model, variables)
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    infer_f = jax.jit(folded.apply)
+    opts = xla_options.inference()
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=opts)
+    infer_f = jax.jit(folded.apply, compiler_options=opts)
 
     def run_infer(tag, fn, v, b):
         x = jnp.asarray(rng.standard_normal((b, *hw, 3), np.float32))

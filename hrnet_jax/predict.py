@@ -38,6 +38,7 @@ From Python: ``Predictor(checkpoint).predict(image_rgb, boxes=None)`` → a list
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrnet_jax import xla_options
 from hrnet_jax.data import transforms as T
 
 __all__ = ["Predictor", "load_checkpoint", "evaluate", "draw_pose", "read_boxes", "main"]
@@ -153,7 +155,7 @@ class Predictor:
         def run(variables, images, center, scale):
             batch = {"image": images, "center": center, "scale": scale}
             return task.predict(task.eval_forward(apply, variables, batch), batch)
-        self._run = jax.jit(run)
+        self._run = jax.jit(run, compiler_options=xla_options.inference())
 
     def crops(self, image_rgb: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h_in, w_in = self.input_size
@@ -243,7 +245,7 @@ def evaluate(checkpoint: str, experiment: str, overrides: Sequence[str] = (), st
     state = jax.device_put({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
                            shd.replicated(mesh))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_options.inference())
     def eval_step(v, batch):   # the loop's eval step on a {params, batch_stats} dict
         return steps.eval_step(types.SimpleNamespace(**v), batch, model=model, task=task)
     with jax.set_mesh(mesh):

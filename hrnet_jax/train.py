@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from hrnet_jax import xla_options
 from hrnet_jax.models.params import restack
 from hrnet_jax.training import checkpoint as ckpt_lib
 from hrnet_jax.training import optim
@@ -134,7 +135,7 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     # Eval outputs are whatever task.predict returns (per-example arrays, maybe scalars): the compiler
     # picks their layout; they are gathered to the host anyway.
     eval_step = jax.jit(functools.partial(steps.eval_step, model=model, task=task),
-                        in_shardings=(state_sh, data_sh))
+                        in_shardings=(state_sh, data_sh), compiler_options=xla_options.inference())
 
     # ---------------------------------------------------------------------------------------------- restore or init
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints,

@@ -43,3 +43,28 @@ def test_cli_json(tmp_path):
     assert set(j["compile_s"]) >= {"infer_b1", "infer_b2", "infer_b2_unfolded", "train"}
     assert j["peak_mb"] > 0
     assert "| pose_hrnet_w32 | 64x32 |" in proc.stdout and "Machine:" in proc.stdout
+
+
+def test_inference_compiler_options_keep_convs_off_ynnpack(monkeypatch):
+    """The CPU inference options compile (a renamed or removed XLA option fails here, not in a user's run), move
+    convolutions off YNNPACK, and leave the numbers unchanged; a user's own XLA_FLAGS setting wins."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from hrnet_jax import xla_options
+
+    def f(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 56, 56, 32), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 32, 32), np.float32))
+    opts = xla_options.inference("cpu")
+    assert opts and xla_options.inference("gpu") == {}
+    tuned = jax.jit(lambda x, w: f(x, w), compiler_options=opts).lower(x, w).compile()
+    default = jax.jit(lambda x, w: f(x, w)).lower(x, w).compile()
+    assert "__ynn_fusion" in default.as_text() and "__ynn_fusion" not in tuned.as_text()
+    ref = np.asarray(jax.jit(f)(x, w))
+    np.testing.assert_allclose(np.asarray(tuned(x, w)), ref, rtol=1e-5, atol=1e-4)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert xla_options.inference("cpu") == {}
