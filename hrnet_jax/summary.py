@@ -38,18 +38,25 @@ def summarize(name: str, input_hw=(224, 224), **overrides) -> dict:
     macs = OrderedDict((g, 0) for g, _ in _GROUPS)
     macs["head"] = 0
 
+    inside = set()  # modules being counted: models.layers.Conv's super().__call__ must not count twice
+
     def count(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
         mod = context.module
-        if context.method_name == "__call__" and isinstance(mod, (nn.Conv, nn.Dense)):
-            inp = args[0]
-            if isinstance(mod, nn.Conv):
-                kh, kw = mod.kernel_size
-                n = int(np.prod(out.shape[1:])) * kh * kw * inp.shape[-1] // mod.feature_group_count
-            else:
-                n = int(np.prod(out.shape[1:])) * inp.shape[-1]
-            path = mod.scope.path
-            macs[_group(path[0] if path else "")] += n
+        if context.method_name != "__call__" or not isinstance(mod, (nn.Conv, nn.Dense)) or id(mod) in inside:
+            return next_fun(*args, **kwargs)
+        inside.add(id(mod))
+        try:
+            out = next_fun(*args, **kwargs)
+        finally:
+            inside.discard(id(mod))
+        inp = args[0]
+        if isinstance(mod, nn.Conv):
+            kh, kw = mod.kernel_size
+            n = int(np.prod(out.shape[1:])) * kh * kw * inp.shape[-1] // mod.feature_group_count
+        else:
+            n = int(np.prod(out.shape[1:])) * inp.shape[-1]
+        path = mod.scope.path
+        macs[_group(path[0] if path else "")] += n
         return out
 
     def init():
