@@ -101,10 +101,12 @@ def parse_model(spec: str) -> tuple[str, tuple[int, int] | None]:
 def machine_info(torch_mod=None) -> dict:
     import jax
     import flax
+    from hrnet_jax import xla_options
     dev = jax.devices()[0]
     info = dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
                 flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-                xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg())
+                xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg(),
+                inference_compiler_options=xla_options.inference())
     if torch_mod is not None:
         info["torch"] = torch_mod.__version__
         info["torch_threads"] = torch_mod.get_num_threads()
@@ -414,7 +416,7 @@ def markdown(results: dict) -> str:
              f"jax {m['jax']}, flax {m['flax']}"
              + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
-             + f"; XLA_FLAGS='{m['xla_flags']}'; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
+             + f"; XLA_FLAGS='{m['xla_flags']}'; inference compiler_options {m.get('inference_compiler_options')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
     tb = results["config"]["train_batch"]
