@@ -29,8 +29,3 @@ def inference(backend: str | None = None) -> dict:
     if (backend or jax.default_backend()) != "cpu":
         return {}
     return {} if _user_set(_YNN) else {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-def training(backend: str | None = None) -> dict:
-    """``compiler_options`` for a training step (XLA's defaults, which measured fastest)."""
-    return {}

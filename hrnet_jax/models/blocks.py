@@ -6,7 +6,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, cut_fusion
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin
 
 
 class _Block(ConvBNMixin, nn.Module):
@@ -25,9 +25,6 @@ class _Block(ConvBNMixin, nn.Module):
             return x
         return self._bn("downsample.1")(self._conv(out_ch, 1, self.stride, "downsample.0")(x))
 
-    def _out(self, y):
-        return cut_fusion(y) if self.cut_fusion else y
-
 
 class BasicBlock(_Block):
     """conv3x3 → BN → ReLU → conv3x3 → BN → (+ shortcut) → ReLU."""
@@ -38,7 +35,7 @@ class BasicBlock(_Block):
     def __call__(self, x):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 3, self.stride, "conv1")(x)))
         y = self._bn("bn2")(self._conv(self.planes, 3, 1, "conv2")(y))
-        return self._out(nn.relu(y + self._shortcut(x, self.planes)))
+        return self._cut(nn.relu(y + self._shortcut(x, self.planes)))
 
 
 class Bottleneck(_Block):
@@ -51,7 +48,7 @@ class Bottleneck(_Block):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 1, 1, "conv1")(x)))
         y = nn.relu(self._bn("bn2")(self._conv(self.planes, 3, self.stride, "conv2")(y)))
         y = self._bn("bn3")(self._conv(self.planes * 4, 1, 1, "conv3")(y))
-        return self._out(nn.relu(y + self._shortcut(x, self.planes * 4)))
+        return self._cut(nn.relu(y + self._shortcut(x, self.planes * 4)))
 
 
 BLOCKS = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}

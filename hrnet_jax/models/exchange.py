@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, cut_fusion, resize_bilinear, upsample_nearest
+from hrnet_jax.models.layers import KAIMING_FAN_OUT, ConvBNMixin, resize_bilinear, upsample_nearest
 
 
 class ExchangeUnit(ConvBNMixin, nn.Module):
@@ -65,6 +65,5 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
             y = self._term(xs, i, 0)
             for j in range(1, len(xs)):
                 y = y + self._term(xs, i, j)
-            y = nn.relu(y)
-            outs.append(cut_fusion(y) if self.cut_fusion else y)
+            outs.append(self._cut(nn.relu(y)))
         return tuple(outs)

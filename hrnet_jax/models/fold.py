@@ -29,6 +29,7 @@ import flax.linen as nn
 from flax.core import unfreeze
 
 from hrnet_jax.models.layers import BatchNorm
+from hrnet_jax.models.params import unstack as unstack_tree
 
 __all__ = ["FoldedModel", "fold_batchnorm", "fold_params"]
 
@@ -131,6 +132,5 @@ def fold_batchnorm(model: nn.Module, variables, eps: float = 1e-5,
     """
     params, counts = fold_params(variables, eps)
     if unstack and getattr(model, "scan", False):
-        from hrnet_jax.models.params import unstack as unstack_tree
         model, params = model.clone(scan=False), unstack_tree(params)
     return FoldedModel(model, tuple(sorted(counts.items()))), params

@@ -53,8 +53,8 @@ def conv(features: int, kernel: int = 3, stride: int = 1, *, bias: bool = False,
     """A PyTorch-style Conv2d: symmetric padding k//2 (never XLA 'SAME', which pads (0,1) at stride 2)."""
     pad = kernel // 2
     return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
-                   bias_init=nn.initializers.zeros, name=name)
+                use_bias=bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
+                bias_init=nn.initializers.zeros, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -101,8 +101,8 @@ class BatchNorm(nn.Module):
 
 
 class ConvBNMixin:
-    """``_conv`` / ``_bn`` factories for modules with ``train``, ``bn_momentum``, ``dtype``, ``param_dtype`` and
-    ``kernel_init`` fields (residual blocks, the exchange unit)."""
+    """``_conv`` / ``_bn`` factories and the ``_cut`` output cut for modules with ``train``, ``bn_momentum``,
+    ``dtype``, ``param_dtype``, ``kernel_init`` and ``cut_fusion`` fields (residual blocks, the exchange unit)."""
 
     def _conv(self, features, kernel, stride, name):
         return conv(features, kernel, stride, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -111,6 +111,9 @@ class ConvBNMixin:
     def _bn(self, name):
         return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum, dtype=self.dtype,
                          param_dtype=self.param_dtype, name=name)
+
+    def _cut(self, y):
+        return cut_fusion(y) if self.cut_fusion else y
 
 
 def cut_fusion(x: jax.Array) -> jax.Array:
