@@ -326,20 +326,27 @@ def build_torch_model(name: str, num_outputs: int):
     raise ValueError(f"no torch counterpart for head {head!r}")
 
 
-def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args) -> dict:
+def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args, compiled: bool = False,
+                out: dict | None = None, on_update=None) -> dict:
     import torch
     from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
     head = MODEL_SPECS[resolve_name(name)]["head"]
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # what a PyTorch user sets for fixed-size inputs
     model, desc = build_torch_model(name, num_outputs)
     model = model.to(dev)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
-    mf = torch.channels_last if args.torch_channels_last else torch.contiguous_format
+    channels_last = args.torch_channels_last == "on" or (args.torch_channels_last == "auto" and dev.type == "cuda")
+    mf = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=mf)
-    out: dict[str, Any] = {"model": desc, "device": str(dev)}
+    out = {} if out is None else out
+    out.update(model=desc + (" torch.compile" if compiled else ""), device=str(dev), channels_last=channels_last)
+    on_update = on_update or (lambda: None)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    fwd = torch.compile(model) if args.torch_compile else model
+    fwd = torch.compile(model, dynamic=False) if compiled else model
+    extra_warmup = 2 if compiled else 0
 
     def autocast():
         return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
@@ -352,7 +359,8 @@ def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args
             with torch.inference_mode(), autocast():
                 fwd(x)
             sync()
-        out[f"infer_b{b}"] = b / _median_time(one, args.warmup + (2 if args.torch_compile else 0), args.iters)
+        out[f"infer_b{b}"] = b / _median_time(one, args.warmup + extra_warmup, args.iters)
+        on_update()
     if train_batch > 0:
         x = torch.randn(train_batch, 3, *hw, device=dev).to(memory_format=mf)
         with torch.no_grad():
@@ -376,10 +384,12 @@ def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args
             loss.backward()
             opt.step()
             sync()
-        out["train"] = train_batch / _median_time(step, args.warmup + (2 if args.torch_compile else 0),
-                                                  args.iters)
+        out["train"] = train_batch / _median_time(step, args.warmup + extra_warmup, args.iters)
     if dev.type == "cuda":
         out["peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        del model, fwd
+        torch.cuda.empty_cache()  # hand the cached blocks back before the next model's JAX run
+        torch.cuda.reset_peak_memory_stats()
     return out
 
 
@@ -438,6 +448,18 @@ def markdown(results: dict) -> str:
             _fmt(j.get("gflop_per_image"), 2),
             f"{_fmt(gf.get(f'infer_b{big}'))}/{_fmt(gf.get('train'))}",
             _fmt(j.get("peak_mb"), 0), _fmt(r.get("load"), 2)]) + " |")
+    compiled = [r for r in results["models"] if r.get("torch_compile")]
+    if compiled:
+        hdr = (f"| model | input | torch.compile b{small} img/s | jax/compiled | torch.compile b{big} | jax/compiled "
+               f"| torch.compile train b{tb} | jax/compiled |")
+        lines += ["", hdr, "|" + "---|" * (hdr.count("|") - 1)]
+        for r in compiled:
+            t, ra = r["torch_compile"], r.get("ratios_compile", {})
+            lines.append("| " + " | ".join([
+                r["name"], "x".join(map(str, r["input_hw"])),
+                _fmt(t.get(f"infer_b{small}")), _fmt(ra.get(f"infer_b{small}"), 2),
+                _fmt(t.get(f"infer_b{big}")), _fmt(ra.get(f"infer_b{big}"), 2),
+                _fmt(t.get("train")), _fmt(ra.get("train"), 2)]) + " |")
     if results.get("pose_pipeline"):
         lines += ["", "Pose input pipeline (synthetic COCO-17, decode+augment+targets, no model): " + ", ".join(
             f"{k}: {v['images_per_s']:.1f} img/s (batch {int(v['batch_size'])})"
@@ -472,8 +494,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--tiny", action="store_true",
                    help="smoke test: a narrow JAX config (figures not comparable with torch's full model)")
-    p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model")
-    p.add_argument("--torch-channels-last", action="store_true")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also measure torch.compile(model) (after eager, same process); ratios_compile = jax/compiled")
+    p.add_argument("--no-torch-eager", action="store_true", help="with --torch-compile: skip the eager measurement")
+    p.add_argument("--torch-channels-last", default="auto", choices=["auto", "on", "off"],
+                   help="PyTorch channels_last memory format (auto: on for CUDA, where cuDNN wants NHWC)")
     p.add_argument("--torch-device", default="auto", choices=["auto", "cpu"])
     p.add_argument("--threads", type=int, default=0,
                    help="threads for both sides (default: all cores; 1 also makes XLA single-threaded). On a "
@@ -519,6 +544,12 @@ def main(argv=None) -> dict:
                                               iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
                                               scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
                                               tiny=args.tiny, threads=threads)}
+
+    def save():  # keep partial results of long runs (a timeout during torch.compile keeps what was measured)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+
     for s in specs:
         name, hw = parse_model(s.strip())
         spec = MODEL_SPECS[resolve_name(name)]
@@ -526,15 +557,21 @@ def main(argv=None) -> dict:
             hw = tuple(int(v) for v in args.size.lower().split("x")) if args.size else DEFAULT_SIZES[spec["head"]]
         entry: dict[str, Any] = {"name": name, "input_hw": list(hw), "head": spec["head"], "load": _loadavg()}
         print(f"# {name} @{hw[0]}x{hw[1]} (load {entry['load']})", file=sys.stderr, flush=True)
+        results["models"].append(entry)
         entry["jax"] = bench_jax(name, hw, batches, train_batch, args)
-        if torch_mod is not None:
+        save()
+        if torch_mod is not None and not (args.torch_compile and args.no_torch_eager):
             entry["torch"] = bench_torch(name, hw, batches, train_batch, spec["num_outputs"], args)
             entry["ratios"] = ratios(entry["jax"], entry["torch"])
-        results["models"].append(entry)
+            save()
+        if torch_mod is not None and args.torch_compile:
+            print(f"#   torch.compile {name}", file=sys.stderr, flush=True)
+            entry["torch_compile"] = {}
+            bench_torch(name, hw, batches, train_batch, spec["num_outputs"], args, compiled=True,
+                        out=entry["torch_compile"], on_update=save)
+            entry["ratios_compile"] = ratios(entry["jax"], entry["torch_compile"])
+            save()
         print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
-        if args.json:  # keep partial results of long runs
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
     if args.pose_pipeline:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
     print(markdown(results))
