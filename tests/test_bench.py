@@ -15,12 +15,45 @@ def test_ratios_are_jax_over_torch():
     assert r == {"infer_b1": 3.0, "infer_b4": 0.5, "train": 0.5}
 
 
+def test_compile_flops_count_a_convolution_by_hand():
+    """The flops come from the lowered HLO (on GPU the compiled module hides cuDNN convs in custom calls)."""
+    import jax
+    import jax.numpy as jnp
+    x = jnp.zeros((2, 16, 12, 8))
+    w = jnp.zeros((3, 3, 8, 5))
+    f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    _, seconds, flops = bench._compile(f, x, w)
+    # XLA counts the taps that fall inside the image: 3 per row/column less the 2 border ones that hit padding
+    taps = (3 * 16 - 2) * (3 * 12 - 2)
+    assert flops == 2 * 2 * 8 * 5 * taps and seconds > 0  # 2 flops per multiply-add, batch 2, 8 -> 5 channels
+
+
+def test_report_of_a_partial_json_computes_the_ratios(tmp_path, capsys):
+    """A run stopped during torch.compile leaves a partial entry; --report still prints jax/torch ratios."""
+    res = {"machine": {"cpu": "c", "cores": 1, "device": "gpu:X", "python": "3", "jax": "j", "flax": "f",
+                       "xla_flags": "", "load_at_start": 0.0},
+           "config": {"batches": [1, 8], "train_batch": 8, "dtype": "bfloat16"},
+           "models": [{"name": "pose_hrnet_w32", "input_hw": [256, 192], "load": 0.1,
+                       "jax": {"infer_b1": 30.0, "infer_b8": 400.0, "train": 90.0, "compile_s": {}, "gflops": {}},
+                       "torch": {"infer_b1": 10.0, "infer_b8": 100.0, "train": 45.0},
+                       "torch_compile": {"infer_b1": 20.0}}]}
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(res))
+    bench.main(["--report", str(path)])
+    out = capsys.readouterr().out
+    row, = [ln for ln in out.splitlines() if ln.startswith("| pose_hrnet_w32") and "400" in ln]
+    assert "| 3.00 |" in row and "| 4.00 |" in row and "| 2.00 |" in row
+    crow, = [ln for ln in out.splitlines() if ln.startswith("| pose_hrnet_w32") and "400" not in ln]
+    assert crow.split("|")[3:5] == [" 20.0 ", " 1.50 "]
+
+
 def test_device_script_prints_one_command():
     out = subprocess.run([sys.executable, "-m", "hrnet_jax.bench", "--device-script"], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "bash scripts/bench_gpu.sh" and "\n" not in out
     script = (Path(__file__).parent.parent / "scripts" / "bench_gpu.sh").read_text()
-    assert "python -m hrnet_jax.bench" in script and "bfloat16" in script and "--torch-compile" in script
+    assert "-m hrnet_jax.bench" in script and "bfloat16" in script and "--torch-compile" in script
 
 
 def test_cli_json(tmp_path):
