@@ -33,6 +33,7 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
     cut_fusion: bool = False  # see layers.cut_fusion
+    onednn: bool = False  # see layers.Conv / kernels.onednn
 
     def _term(self, xs, i, j):
         x, c = xs[j], self.channels

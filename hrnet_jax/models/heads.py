@@ -29,7 +29,7 @@ def _bn(opts: ModuleOptions, train: bool, name: str):
 
 def _conv(opts: ModuleOptions, features: int, kernel: int, stride: int, bias: bool, name: str, init=None):
     return conv(features, kernel, stride, bias=bias, name=name, dtype=opts.dtype, param_dtype=opts.param_dtype,
-                kernel_init=init or opts.kernel_init)
+                kernel_init=init or opts.kernel_init, onednn=opts.onednn)
 
 
 def classification_head(xs, opts: ModuleOptions, train: bool, num_classes: int, conv_bias: bool = True,

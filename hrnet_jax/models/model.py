@@ -42,13 +42,29 @@ class HRNet(nn.Module):
     kernel_init: Callable = KAIMING_FAN_OUT
     # layers.cut_fusion after blocks / exchange units: None = on when JAX's default backend is the CPU
     cut_fusion: Optional[bool] = None
+    # float32 3x3 / strided convs through oneDNN custom calls (kernels.onednn): None = on when JAX's default
+    # backend is a single CPU device and the kernels build; True insists (an error says why they cannot be used)
+    onednn: Optional[bool] = None
 
     @property
     def opts(self) -> ModuleOptions:
         return ModuleOptions(bn_momentum=self.bn_momentum, upsample=self.upsample,
                              align_corners=self.align_corners, scan=self.scan, scan_unroll=self.scan_unroll,
                              remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=self.kernel_init, cut_fusion=self._cut_fusion())
+                             kernel_init=self.kernel_init, cut_fusion=self._cut_fusion(),
+                             onednn=self._onednn())
+
+    def _onednn(self) -> bool:
+        if self.onednn is False or self.onednn is None and (jax.default_backend() != "cpu"
+                                                            or jax.device_count() > 1):
+            return False  # XLA's SPMD partitioner would replicate a custom call over a batch-sharded mesh
+        from hrnet_jax.kernels import onednn
+        reason = onednn.unavailable_reason()
+        if reason is None:
+            return True
+        if self.onednn:
+            raise RuntimeError(f"HRNet(onednn=True), but the oneDNN kernels cannot be used: {reason}")
+        return False
 
     def _cut_fusion(self) -> bool:
         if self.cut_fusion is None:

@@ -47,6 +47,7 @@ class ModuleOptions:
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
     cut_fusion: bool = False  # layers.cut_fusion after every block and exchange unit (XLA CPU)
+    onednn: bool = False  # 3x3 convs through oneDNN custom calls (layers.Conv, kernels.onednn)
 
 
 class HRModule(nn.Module):
@@ -61,7 +62,7 @@ class HRModule(nn.Module):
         o, cfg = self.opts, self.cfg
         common = dict(train=self.train, scan=o.scan, scan_unroll=o.scan_unroll, bn_momentum=o.bn_momentum,
                       dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init,
-                      cut_fusion=o.cut_fusion)
+                      cut_fusion=o.cut_fusion, onednn=o.onednn)
         ys = tuple(
             Stream(block=cfg.block, num_blocks=cfg.num_blocks[b], planes=cfg.num_channels[b],
                    in_channels=self.in_channels[b], name=f"branches.{b}", **common)(xs[b])
@@ -72,7 +73,8 @@ class HRModule(nn.Module):
                             num_outputs=cfg.num_branches if self.multi_scale_output else 1,
                             upsample=o.upsample, align_corners=o.align_corners, train=self.train,
                             bn_momentum=o.bn_momentum, dtype=o.dtype, param_dtype=o.param_dtype,
-                            kernel_init=o.kernel_init, cut_fusion=o.cut_fusion, name="fuse_layers")(ys)
+                            kernel_init=o.kernel_init, cut_fusion=o.cut_fusion, onednn=o.onednn,
+                            name="fuse_layers")(ys)
 
 
 class Stage(nn.Module):
@@ -113,7 +115,7 @@ class Transition(nn.Module):
     def _conv_bn_relu(self, x, features, stride, prefix):
         o = self.opts
         x = conv(features, 3, stride, name=f"{prefix}.0", dtype=o.dtype, param_dtype=o.param_dtype,
-                 kernel_init=o.kernel_init)(x)
+                 kernel_init=o.kernel_init, onednn=o.onednn)(x)
         x = BatchNorm(use_running_average=not self.train, momentum=o.bn_momentum, dtype=o.dtype,
                       param_dtype=o.param_dtype, name=f"{prefix}.1")(x)
         return nn.relu(x)
