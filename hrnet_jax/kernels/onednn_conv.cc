@@ -1,6 +1,6 @@
-// 2-D convolutions (forward, gradient w.r.t. the input, gradient w.r.t. the weights) through oneDNN, as XLA FFI
-// custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO float32, JAX's own layouts;
-// oneDNN picks its weight layout (reordered here) and computes on NHWC activations in place.
+// The two gradients of a 2-D convolution (w.r.t. the input: 'd'ata, w.r.t. the kernel: 'w'eights) through oneDNN,
+// as XLA FFI custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO float32, JAX's own
+// layouts; oneDNN picks its weight layout (reordered here) and computes on NHWC activations in place.
 // Built and loaded by hrnet_jax/kernels/onednn.py; see there for why.
 #include <cstdint>
 #include <mutex>
@@ -63,7 +63,7 @@ struct Entry {
   memory::desc wei_md;          // the kernel layout the conv primitive wants
   memory::desc scratch_md;
   bool reorder_wei = false;     // user HWIO <-> wei_md differ
-  dnnl::reorder wei_reorder;    // HWIO -> wei_md (fwd, bwd-data) or wei_md -> HWIO (bwd-weights)
+  dnnl::reorder wei_reorder;    // HWIO -> wei_md (bwd-data) or wei_md -> HWIO (bwd-weights)
 };
 
 std::mutex cache_mu;
@@ -79,11 +79,7 @@ Entry& Get(const Geometry& g, char kind) {
   if (it != Cache().end()) return it->second;
   Entry e;
   auto fwd = FwdPd(g);
-  if (kind == 'f') {
-    e.conv = dnnl::convolution_forward(fwd);
-    e.wei_md = fwd.weights_desc();
-    e.scratch_md = fwd.scratchpad_desc();
-  } else if (kind == 'd') {
+  if (kind == 'd') {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.WeiAny(), g.Dst(), g.Strides(), g.Pads(),
         g.Pads(), fwd, Attr());
@@ -122,10 +118,7 @@ ffi::Error Run(char kind, const Geometry& g, float* src, float* wei, float* dst,
     memory user_wei(g.WeiUser(), Engine(), wei);
     memory wei_m = e.reorder_wei ? memory(e.wei_md, Engine()) : user_wei;
     memory scratch(e.scratch_md, Engine());
-    if (kind == 'f') {
-      if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
-      e.conv.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    } else if (kind == 'd') {
+    if (kind == 'd') {
       if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
       e.conv.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
@@ -137,12 +130,6 @@ ffi::Error Run(char kind, const Geometry& g, float* src, float* wei, float* dst,
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
   }
   return ffi::Error::Success();
-}
-
-ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> y,
-                       int64_t stride, int64_t pad, int64_t threads) {
-  auto g = MakeGeometry(x.dimensions(), k.dimensions(), y->dimensions(), stride, pad);
-  return Run('f', g, x.typed_data(), k.typed_data(), y->typed_data(), threads);
 }
 
 ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> dx,
@@ -162,8 +149,6 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 #define HRNET_BIND(A, B, R) \
   ffi::Ffi::Bind().Arg<A>().Arg<B>().Ret<R>().Attr<int64_t>("stride").Attr<int64_t>("pad").Attr<int64_t>("threads")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvForward, ConvForward,
-                              HRNET_BIND(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvBackwardData, ConvBackwardData,
                               HRNET_BIND(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvBackwardWeights, ConvBackwardWeights,
