@@ -106,7 +106,7 @@ def machine_info(torch_mod=None) -> dict:
     info = dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
                 flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
                 xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg(),
-                inference_compiler_options=xla_options.inference())
+                inference_compiler_options=xla_options.inference(), onednn_conv_gradients=_onednn_status())
     if torch_mod is not None:
         info["torch"] = torch_mod.__version__
         info["torch_threads"] = torch_mod.get_num_threads()
@@ -116,6 +116,16 @@ def machine_info(torch_mod=None) -> dict:
         except ImportError:
             pass
     return info
+
+
+def _onednn_status() -> str:
+    """Whether HRNet's default (``onednn=None``) computes conv gradients with oneDNN here, and why not."""
+    import jax
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return f"off ({jax.device_count()} {jax.default_backend()} device(s))"
+    from hrnet_jax.kernels import onednn
+    reason = onednn.unavailable_reason()
+    return f"on ({onednn.default_threads()} OpenMP thread(s) per conv)" if reason is None else f"off: {reason}"
 
 
 def _cost_flops(stage) -> float | None:  # a jax Lowered or Compiled
@@ -194,7 +204,8 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
     from hrnet_jax.models.fold import fold_batchnorm
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
-    kw: dict[str, Any] = dict(scan=not args.no_scan, dtype=dtype)
+    kw: dict[str, Any] = dict(scan=not args.no_scan, dtype=dtype,
+                              onednn={"auto": None, "on": True, "off": False}[args.onednn])
     if args.scan_unroll != "true":
         kw["scan_unroll"] = int(args.scan_unroll)
     if args.tiny:
@@ -436,7 +447,7 @@ def markdown(results: dict) -> str:
              f"jax {m['jax']}, flax {m['flax']}"
              + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
-             + f"; XLA_FLAGS='{m['xla_flags']}'; inference compiler_options {m.get('inference_compiler_options')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
+             + f"; XLA_FLAGS='{m['xla_flags']}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
     tb = results["config"]["train_batch"]
@@ -502,6 +513,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--no-scan", action="store_true", help="unrolled Python loops instead of nn.scan")
     p.add_argument("--scan-unroll", default="true", help="'true' (full unroll) or k (rolled loop of k units)")
+    p.add_argument("--onednn", default="auto", choices=["auto", "on", "off"],
+                   help="conv gradients through oneDNN (kernels.onednn): auto = HRNet's default (on for one CPU device)")
     p.add_argument("--no-unfolded", action="store_true", help="skip the BN-unfolded inference measurement")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--tiny", action="store_true",
@@ -562,7 +575,7 @@ def main(argv=None) -> dict:
                                "config": dict(batches=list(batches), train_batch=train_batch, warmup=args.warmup,
                                               iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
                                               scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
-                                              tiny=args.tiny, threads=threads)}
+                                              tiny=args.tiny, threads=threads, onednn=args.onednn)}
 
     def save():  # keep partial results of long runs (a timeout during torch.compile keeps what was measured)
         if args.json:
