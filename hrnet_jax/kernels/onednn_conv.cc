@@ -19,14 +19,16 @@ using dt = dnnl::memory::data_type;
 
 namespace {
 
+// The engine, the per-thread streams and the primitive cache are never destroyed: XLA's worker threads can
+// outlive static destructors at process exit, and a stream or primitive released after its engine crashes.
 dnnl::engine& Engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  return eng;
+  static dnnl::engine* eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *eng;
 }
 
 dnnl::stream& Stream() {
-  thread_local dnnl::stream s(Engine());
-  return s;
+  thread_local dnnl::stream* s = new dnnl::stream(Engine());
+  return *s;
 }
 
 struct Geometry {
@@ -66,7 +68,10 @@ struct Entry {
   dnnl::reorder wei_reorder;    // HWIO -> wei_md (bwd-data) or wei_md -> HWIO (bwd-weights)
 };
 
-std::mutex cache_mu;
+std::mutex& CacheMutex() {
+  static auto* mu = new std::mutex();
+  return *mu;
+}
 std::unordered_map<std::string, Entry>& Cache() {
   static auto* cache = new std::unordered_map<std::string, Entry>();
   return *cache;
@@ -74,7 +79,7 @@ std::unordered_map<std::string, Entry>& Cache() {
 
 Entry& Get(const Geometry& g, char kind) {
   std::string key = g.Key(kind);
-  std::lock_guard<std::mutex> lock(cache_mu);
+  std::lock_guard<std::mutex> lock(CacheMutex());
   auto it = Cache().find(key);
   if (it != Cache().end()) return it->second;
   Entry e;
