@@ -102,6 +102,15 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
+def default_off_reason() -> str | None:
+    """None where ``HRNet(onednn=None)`` uses the kernels (a single CPU device, kernels built); else why not.
+
+    Off on several devices: XLA's SPMD partitioner would replicate a custom call over a batch-sharded mesh."""
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return f"{jax.device_count()} {jax.default_backend()} device(s)"
+    return _load()
+
+
 def default_threads() -> int:
     """OpenMP threads per conv: ``$HRNET_ONEDNN_THREADS``, else 1 (0 = OpenMP's default, all cores).
 

@@ -19,7 +19,7 @@ class _Block(ConvBNMixin, nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
     cut_fusion: bool = False  # see layers.cut_fusion (on for XLA CPU)
-    onednn: bool = False  # see layers.Conv / kernels.onednn (on for CPU training)
+    onednn: bool = False  # conv gradients through oneDNN: see layers.Conv / kernels.onednn
 
     def _shortcut(self, x, out_ch):
         if not self.downsample:

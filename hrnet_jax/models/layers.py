@@ -25,7 +25,8 @@ TORCH_LINEAR = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform") 
 
 class Conv(nn.Conv):
     """``nn.Conv`` (same parameters, names and shapes); a 1x1 stride-1 conv runs as one matmul over the channels,
-    and with ``onednn=True`` every other float32 conv runs through oneDNN (:mod:`hrnet_jax.kernels.onednn`).
+    and with ``onednn=True`` every other float32 conv computes its gradients with oneDNN
+    (:mod:`hrnet_jax.kernels.onednn`; the forward pass stays XLA's).
 
     ``[N*H*W, Cin] @ [Cin, Cout]`` is the same arithmetic, but XLA CPU computes its gradients as plain matmuls
     instead of a "convolution" whose window is the whole feature map: the pointwise convs of HRNet's
@@ -44,12 +45,17 @@ class Conv(nn.Conv):
                 return self._onednn_call(inputs)
             return super().__call__(inputs)
         cin = inputs.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (1, 1, cin, self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        kernel, bias = self._kernel_and_bias(cin)
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         y = jnp.dot(x.reshape(-1, cin), kernel.reshape(cin, self.features), precision=self.precision)
         y = y.reshape(*x.shape[:-1], self.features)
         return y if bias is None else y + bias
+
+    def _kernel_and_bias(self, cin: int):
+        """The parameters ``nn.Conv`` would create, for the paths that compute the conv themselves."""
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        return kernel, bias
 
     def _onednn_ok(self, inputs) -> bool:
         s, p, d = self.strides, self.padding, self.kernel_dilation
@@ -61,9 +67,7 @@ class Conv(nn.Conv):
 
     def _onednn_call(self, inputs):
         from hrnet_jax.kernels import onednn
-        cin = inputs.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin, self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        kernel, bias = self._kernel_and_bias(inputs.shape[-1])
         y = onednn.conv2d(inputs.astype(jnp.float32), kernel, self.strides[0], self.padding[0][0])
         return y if bias is None else y + bias
 

@@ -42,8 +42,8 @@ class HRNet(nn.Module):
     kernel_init: Callable = KAIMING_FAN_OUT
     # layers.cut_fusion after blocks / exchange units: None = on when JAX's default backend is the CPU
     cut_fusion: Optional[bool] = None
-    # float32 3x3 / strided convs through oneDNN custom calls (kernels.onednn): None = on when JAX's default
-    # backend is a single CPU device and the kernels build; True insists (an error says why they cannot be used)
+    # gradients of float32 3x3 / strided convs through oneDNN custom calls (kernels.onednn): None = on when
+    # JAX's default backend is a single CPU device and the kernels build; True insists (an error says why not)
     onednn: Optional[bool] = None
 
     @property
@@ -55,16 +55,15 @@ class HRNet(nn.Module):
                              onednn=self._onednn())
 
     def _onednn(self) -> bool:
-        if self.onednn is False or self.onednn is None and (jax.default_backend() != "cpu"
-                                                            or jax.device_count() > 1):
-            return False  # XLA's SPMD partitioner would replicate a custom call over a batch-sharded mesh
+        if self.onednn is False:
+            return False
         from hrnet_jax.kernels import onednn
+        if self.onednn is None:
+            return onednn.default_off_reason() is None
         reason = onednn.unavailable_reason()
-        if reason is None:
-            return True
-        if self.onednn:
+        if reason is not None:
             raise RuntimeError(f"HRNet(onednn=True), but the oneDNN kernels cannot be used: {reason}")
-        return False
+        return True
 
     def _cut_fusion(self) -> bool:
         if self.cut_fusion is None:

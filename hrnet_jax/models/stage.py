@@ -47,7 +47,7 @@ class ModuleOptions:
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
     cut_fusion: bool = False  # layers.cut_fusion after every block and exchange unit (XLA CPU)
-    onednn: bool = False  # 3x3 convs through oneDNN custom calls (layers.Conv, kernels.onednn)
+    onednn: bool = False  # 3x3 / strided conv gradients through oneDNN custom calls (layers.Conv, kernels.onednn)
 
 
 class HRModule(nn.Module):
