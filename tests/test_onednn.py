@@ -1,8 +1,9 @@
-"""The oneDNN convolution gradients (kernels/onednn) against XLA's own convolution gradients.
+"""The oneDNN convolutions and their gradients (kernels/onednn) against XLA's own convolutions and gradients.
 
-XLA's CPU gradients (Eigen / YNNPACK kernels) and oneDNN's are independent implementations; they must agree to
-float32 rounding for every geometry HRNet uses (3x3 stride 1 and 2, the 3-channel stem, non-square maps, odd
-sizes whose stride-2 output drops a row) and for the whole network."""
+XLA's CPU kernels (Eigen / YNNPACK) and oneDNN's are independent implementations; they must agree to float32
+rounding for every geometry HRNet uses (3x3 stride 1 and 2, the 3-channel stem, 1x1 projections, non-square
+maps, odd sizes whose stride-2 output drops a row), with oneDNN's forward pass ("serial" convs) or XLA's, on one
+OpenMP thread or several, and for the whole network."""
 import platform
 import sys
 
@@ -34,8 +35,11 @@ def _xla_conv(x, k, stride, pad):
     (2, 32, 24, 3, 64, 3, 2),    # the stem's first conv (3 input channels)
     (1, 7, 7, 64, 16, 3, 1),     # the lowest-resolution stream, batch 1
     (2, 9, 11, 8, 8, 5, 1),      # another kernel size (pad 2)
+    (2, 8, 6, 64, 256, 1, 1),    # a Bottleneck's 1x1 projection (serial in stage 1)
 ])
-def test_gradients_match_xla(n, h, w, cin, cout, k, stride):
+@pytest.mark.parametrize("serial,threads", [(False, None), (True, None), (True, 2)],
+                         ids=["xla-forward", "onednn-forward-all-cores", "onednn-forward-2-threads"])
+def test_conv_and_gradients_match_xla(n, h, w, cin, cout, k, stride, serial, threads):
     rng = np.random.default_rng(0)
     pad = k // 2
     x = jnp.asarray(rng.standard_normal((n, h, w, cin), np.float32))
@@ -43,7 +47,7 @@ def test_gradients_match_xla(n, h, w, cin, cout, k, stride):
     y_ref = _xla_conv(x, kern, stride, pad)
     dy = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
 
-    y, vjp = jax.vjp(lambda a, b: onednn.conv2d(a, b, stride, pad), x, kern)
+    y, vjp = jax.vjp(jax.jit(lambda a, b: onednn.conv2d(a, b, stride, pad, threads=threads, serial=serial)), x, kern)
     _, vjp_ref = jax.vjp(lambda a, b: _xla_conv(a, b, stride, pad), x, kern)
     dx, dk = jax.jit(vjp)(dy)
     dx_ref, dk_ref = vjp_ref(dy)
@@ -71,7 +75,8 @@ def test_rejects_non_float32():
 
 
 def test_hrnet_train_gradients_match_xla():
-    """The whole network (every 3x3 / strided conv's backward in oneDNN) against the same network on XLA."""
+    """The whole network (every 3x3 / strided conv's backward in oneDNN, the single-stream sections' convs forward
+    too) against the same network on XLA."""
     from hrnet_jax.bench import TINY_CONFIG
     from hrnet_jax import models
     rng = np.random.default_rng(1)
@@ -86,7 +91,8 @@ def test_hrnet_train_gradients_match_xla():
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
     lowered = jax.jit(jax.grad(lambda p: loss(p, nets[True]))).lower(v["params"]).as_text()
-    assert "hrnet_onednn_conv_bwd_weights" in lowered and "hrnet_onednn_conv_bwd_data" in lowered
+    for kind in ("fwd", "bwd_weights", "bwd_data"):
+        assert f"hrnet_onednn_conv_{kind}" in lowered, kind
     g_dnn = jax.jit(jax.grad(lambda p: loss(p, nets[True])))(v["params"])
     g_xla = jax.jit(jax.grad(lambda p: loss(p, nets[False])))(v["params"])
     flat_xla = jax.tree_util.tree_flatten_with_path(g_xla)[0]

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _SRC = Path(__file__).with_name("onednn_conv.cc")
-_TARGETS = {"bwd_data": "HrnetOnednnConvBackwardData", "bwd_weights": "HrnetOnednnConvBackwardWeights"}
+_TARGETS = {"fwd": "HrnetOnednnConvForward", "bwd_data": "HrnetOnednnConvBackwardData", "bwd_weights": "HrnetOnednnConvBackwardWeights"}
 
 
 def _prefixes() -> list[Path]:
@@ -112,11 +112,13 @@ def default_off_reason() -> str | None:
 
 
 def default_threads() -> int:
-    """OpenMP threads per conv: ``$HRNET_ONEDNN_THREADS``, else 1 (0 = OpenMP's default, all cores).
+    """OpenMP threads per conv in the parallel streams: ``$HRNET_ONEDNN_THREADS``, else 1 (0 = one per core).
 
-    One is fastest for HRNet on 2 cores: XLA already runs the independent convs of the parallel streams on
-    its own threads at the same time, and a second OpenMP team per conv only oversubscribes the cores
-    (W32 train step, batch 4: 1.63 s with 1 thread per conv, 1.73 s with 2)."""
+    One is fastest for HRNet's multi-stream stages on 2 cores: XLA already runs the independent convs of the
+    parallel streams on its own threads at the same time, and a second OpenMP team per conv only oversubscribes
+    the cores (W32 train step, batch 4: 1.63 s with 1 thread per conv, 1.73 s with 2). The single-stream
+    sections (stem, stage 1, the classification head's downsampling chain) are the opposite case: see
+    ``serial`` in :func:`conv2d`."""
     return int(os.environ.get("HRNET_ONEDNN_THREADS", "1"))
 
 
@@ -126,17 +128,25 @@ def _call(kind: str, out_shape, a, b, stride: int, pad: int, threads: int):
                                                              threads=np.int64(threads))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv2d(x, kernel, stride, pad, threads):
+def _out_shape(x_shape, k_shape, stride: int, pad: int):
+    n, h, w, _ = x_shape
+    kh, kw, _, o = k_shape
+    return (n, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv2d(x, kernel, stride, pad, threads, onednn_forward):
+    if onednn_forward:
+        return _call("fwd", _out_shape(x.shape, kernel.shape, stride, pad), x, kernel, stride, pad, threads)
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _fwd(x, kernel, stride, pad, threads):
-    return _conv2d(x, kernel, stride, pad, threads), (x, kernel)
+def _fwd(x, kernel, stride, pad, threads, onednn_forward):
+    return _conv2d(x, kernel, stride, pad, threads, onednn_forward), (x, kernel)
 
 
-def _bwd(stride, pad, threads, res, dy):
+def _bwd(stride, pad, threads, onednn_forward, res, dy):
     x, kernel = res
     dy = dy.astype(jnp.float32)
     dx = _call("bwd_data", x.shape, dy, kernel, stride, pad, threads)
@@ -147,9 +157,16 @@ def _bwd(stride, pad, threads, res, dy):
 _conv2d.defvjp(_fwd, _bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 1, threads: int | None = None) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 1, threads: int | None = None,
+           serial: bool = False) -> jax.Array:
     """``lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)))``, NHWC / HWIO, float32,
-    with XLA's forward pass and oneDNN's two gradients. Raises ``RuntimeError`` if the kernels cannot be built."""
+    with oneDNN's two gradients. Raises ``RuntimeError`` if the kernels cannot be built.
+
+    ``serial=False`` (a conv that runs beside other convs, in the parallel streams): XLA's forward pass (which
+    XLA fuses with its neighbours) and gradients on ``threads`` OpenMP threads (default :func:`default_threads`).
+    ``serial=True`` (a conv that XLA runs alone, in a single-stream section): the forward pass through oneDNN too,
+    and all three on one OpenMP thread per core unless ``threads`` says otherwise. XLA runs such a section's
+    forward convs and the 1-thread gradient calls on one of its threads while the other cores idle."""
     reason = _load()
     if reason is not None:
         raise RuntimeError(f"the oneDNN kernels cannot be used: {reason}")
@@ -157,5 +174,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 1, threa
         raise TypeError(f"oneDNN conv2d takes float32, got {x.dtype} and {kernel.dtype}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input channels {x.shape[-1]} != kernel input channels {kernel.shape[2]}")
-    return _conv2d(x, kernel, int(stride), int(pad), default_threads() if threads is None else int(threads))
-
+    if threads is None:
+        threads = 0 if serial else default_threads()
+    return _conv2d(x, kernel, int(stride), int(pad), int(threads), bool(serial))

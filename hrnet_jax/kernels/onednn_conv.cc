@@ -1,5 +1,5 @@
-// The two gradients of a 2-D convolution (w.r.t. the input: 'd'ata, w.r.t. the kernel: 'w'eights) through oneDNN,
-// as XLA FFI custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO float32, JAX's own
+// A 2-D convolution ('f'orward) and its two gradients (w.r.t. the input: 'd'ata, w.r.t. the kernel: 'w'eights)
+// through oneDNN, as XLA FFI custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO float32, JAX's own
 // layouts; oneDNN picks its weight layout (reordered here) and computes on NHWC activations in place.
 // Built and loaded by hrnet_jax/kernels/onednn.py; see there for why.
 #include <cstdint>
@@ -33,8 +33,9 @@ dnnl::stream& Stream() {
 
 struct Geometry {
   int64_t n, h, w, c, o, kh, kw, oh, ow, stride, pad;
-  std::string Key(char kind) const {
+  std::string Key(char kind, int threads) const {
     std::string k(1, kind);
+    k += "," + std::to_string(threads);
     for (int64_t v : {n, h, w, c, o, kh, kw, oh, ow, stride, pad}) k += "," + std::to_string(v);
     return k;
   }
@@ -59,13 +60,14 @@ dnnl::convolution_forward::primitive_desc FwdPd(const Geometry& g) {
       g.Dst(), g.Strides(), g.Pads(), g.Pads(), Attr());
 }
 
-// One cached set of primitives per convolution geometry and direction.
+// One cached set of primitives per convolution geometry, direction and OpenMP team size (oneDNN's kernels
+// are chosen and blocked for the number of threads they will run on).
 struct Entry {
   dnnl::primitive conv;
   memory::desc wei_md;          // the kernel layout the conv primitive wants
   memory::desc scratch_md;
   bool reorder_wei = false;     // user HWIO <-> wei_md differ
-  dnnl::reorder wei_reorder;    // HWIO -> wei_md (bwd-data) or wei_md -> HWIO (bwd-weights)
+  dnnl::reorder wei_reorder;    // HWIO -> wei_md (forward, bwd-data) or wei_md -> HWIO (bwd-weights)
 };
 
 std::mutex& CacheMutex() {
@@ -77,14 +79,18 @@ std::unordered_map<std::string, Entry>& Cache() {
   return *cache;
 }
 
-Entry& Get(const Geometry& g, char kind) {
-  std::string key = g.Key(kind);
+Entry& Get(const Geometry& g, char kind, int threads) {
+  std::string key = g.Key(kind, threads);
   std::lock_guard<std::mutex> lock(CacheMutex());
   auto it = Cache().find(key);
   if (it != Cache().end()) return it->second;
   Entry e;
   auto fwd = FwdPd(g);
-  if (kind == 'd') {
+  if (kind == 'f') {
+    e.conv = dnnl::convolution_forward(fwd);
+    e.wei_md = fwd.weights_desc();
+    e.scratch_md = fwd.scratchpad_desc();
+  } else if (kind == 'd') {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.WeiAny(), g.Dst(), g.Strides(), g.Pads(),
         g.Pads(), fwd, Attr());
@@ -114,16 +120,21 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ff
 }
 
 ffi::Error Run(char kind, const Geometry& g, float* src, float* wei, float* dst, int64_t threads) {
-  // OpenMP threads of this (XLA worker) thread's conv; 0 keeps OpenMP's default (all cores).
-  if (threads > 0 && omp_get_max_threads() != threads) omp_set_num_threads(static_cast<int>(threads));
+  // OpenMP threads of this (XLA worker) thread's conv; 0 = one per core. omp_set_num_threads only sets this
+  // calling thread's team size, so every call sets the size it wants.
+  int team = threads > 0 ? static_cast<int>(threads) : omp_get_num_procs();
+  if (omp_get_max_threads() != team) omp_set_num_threads(team);
   try {
-    Entry& e = Get(g, kind);
+    Entry& e = Get(g, kind, team);
     auto& s = Stream();
     memory src_m(g.Src(), Engine(), src), dst_m(g.Dst(), Engine(), dst);
     memory user_wei(g.WeiUser(), Engine(), wei);
     memory wei_m = e.reorder_wei ? memory(e.wei_md, Engine()) : user_wei;
     memory scratch(e.scratch_md, Engine());
-    if (kind == 'd') {
+    if (kind == 'f') {
+      if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
+      e.conv.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (kind == 'd') {
       if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
       e.conv.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
@@ -135,6 +146,12 @@ ffi::Error Run(char kind, const Geometry& g, float* src, float* wei, float* dst,
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
   }
   return ffi::Error::Success();
+}
+
+ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t stride, int64_t pad, int64_t threads) {
+  auto g = MakeGeometry(x.dimensions(), k.dimensions(), y->dimensions(), stride, pad);
+  return Run('f', g, x.typed_data(), k.typed_data(), y->typed_data(), threads);
 }
 
 ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> dx,
@@ -154,6 +171,8 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 #define HRNET_BIND(A, B, R) \
   ffi::Ffi::Bind().Arg<A>().Arg<B>().Ret<R>().Attr<int64_t>("stride").Attr<int64_t>("pad").Attr<int64_t>("threads")
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvForward, ConvForward,
+                              HRNET_BIND(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvBackwardData, ConvBackwardData,
                               HRNET_BIND(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HrnetOnednnConvBackwardWeights, ConvBackwardWeights,

@@ -20,6 +20,7 @@ class _Block(ConvBNMixin, nn.Module):
     kernel_init: Callable = KAIMING_FAN_OUT
     cut_fusion: bool = False  # see layers.cut_fusion (on for XLA CPU)
     onednn: bool = False  # conv gradients through oneDNN: see layers.Conv / kernels.onednn
+    serial: bool = False  # with onednn: a single-stream block, every conv through oneDNN on all cores
 
     def _shortcut(self, x, out_ch):
         if not self.downsample:

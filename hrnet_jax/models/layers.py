@@ -26,7 +26,9 @@ TORCH_LINEAR = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform") 
 class Conv(nn.Conv):
     """``nn.Conv`` (same parameters, names and shapes); a 1x1 stride-1 conv runs as one matmul over the channels,
     and with ``onednn=True`` every other float32 conv computes its gradients with oneDNN
-    (:mod:`hrnet_jax.kernels.onednn`; the forward pass stays XLA's).
+    (:mod:`hrnet_jax.kernels.onednn`; the forward pass stays XLA's). With ``onednn=True, serial=True`` (a conv in a
+    single-stream section of a training network, where nothing else runs beside it) every float32 conv, 1x1
+    included, runs forward and backward in oneDNN on all cores (``onednn.conv2d(serial=True)``).
 
     ``[N*H*W, Cin] @ [Cin, Cout]`` is the same arithmetic, but XLA CPU computes its gradients as plain matmuls
     instead of a "convolution" whose window is the whole feature map: the pointwise convs of HRNet's
@@ -34,9 +36,12 @@ class Conv(nn.Conv):
     """
 
     onednn: bool = False
+    serial: bool = False
 
     @nn.compact
     def __call__(self, inputs):
+        if self.onednn and self.serial and self._onednn_ok(inputs):
+            return self._onednn_call(inputs)
         pointwise = (tuple(self.kernel_size) == (1, 1) and self.strides in (1, None, (1, 1))
                      and self.padding in ("VALID", "SAME", ((0, 0), (0, 0))) and self.feature_group_count == 1
                      and self.kernel_dilation in (1, None, (1, 1)) and inputs.ndim == 4)
@@ -68,18 +73,19 @@ class Conv(nn.Conv):
     def _onednn_call(self, inputs):
         from hrnet_jax.kernels import onednn
         kernel, bias = self._kernel_and_bias(inputs.shape[-1])
-        y = onednn.conv2d(inputs.astype(jnp.float32), kernel, self.strides[0], self.padding[0][0])
+        y = onednn.conv2d(inputs.astype(jnp.float32), kernel, self.strides[0], self.padding[0][0],
+                          serial=self.serial)
         return y if bias is None else y + bias
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, *, bias: bool = False, name: str,
          dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
-         kernel_init: Callable = KAIMING_FAN_OUT, onednn: bool = False) -> nn.Conv:
+         kernel_init: Callable = KAIMING_FAN_OUT, onednn: bool = False, serial: bool = False) -> nn.Conv:
     """A PyTorch-style Conv2d: symmetric padding k//2 (never XLA 'SAME', which pads (0,1) at stride 2)."""
     pad = kernel // 2
     return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                 use_bias=bias, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
-                bias_init=nn.initializers.zeros, name=name, onednn=onednn)
+                bias_init=nn.initializers.zeros, name=name, onednn=onednn, serial=serial)
 
 
 class BatchNorm(nn.Module):
@@ -127,12 +133,12 @@ class BatchNorm(nn.Module):
 
 class ConvBNMixin:
     """``_conv`` / ``_bn`` factories and the ``_cut`` output cut for modules with ``train``, ``bn_momentum``,
-    ``dtype``, ``param_dtype``, ``kernel_init``, ``cut_fusion`` and ``onednn`` fields (residual blocks, the
-    exchange unit)."""
+    ``dtype``, ``param_dtype``, ``kernel_init``, ``cut_fusion``, ``onednn`` and optionally ``serial`` fields
+    (residual blocks, the exchange unit)."""
 
     def _conv(self, features, kernel, stride, name):
         return conv(features, kernel, stride, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=self.kernel_init, onednn=self.onednn)
+                    kernel_init=self.kernel_init, onednn=self.onednn, serial=getattr(self, "serial", False))
 
     def _bn(self, name):
         return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum, dtype=self.dtype,

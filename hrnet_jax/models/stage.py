@@ -49,6 +49,14 @@ class ModuleOptions:
     cut_fusion: bool = False  # layers.cut_fusion after every block and exchange unit (XLA CPU)
     onednn: bool = False  # 3x3 / strided conv gradients through oneDNN custom calls (layers.Conv, kernels.onednn)
 
+    def serial(self, train: bool) -> bool:
+        """Whether the single-stream sections (stem, stage 1, the classification head's downsampling chain) run
+        their convs forward and backward through oneDNN on all cores: when training with oneDNN. XLA runs those
+        sections one op at a time, its forward convs and the 1-thread gradient calls on one core while the other
+        cores idle (W32 train step, batch 4, 2 cores: 1.53 s -> 1.33 s together with THP, see ``hrnet_jax.bench``).
+        Inference keeps XLA's forward convs and their fusions."""
+        return self.onednn and train
+
 
 class HRModule(nn.Module):
     cfg: StageConfig
