@@ -1,4 +1,4 @@
-"""Benchmark of the JAX HRNets against timm's eager PyTorch HRNet, in one process, on the same threads.
+"""Benchmark of the JAX HRNets against timm's eager PyTorch HRNet, in one run, on the same threads.
 
     python -m hrnet_jax.bench                       # the default set (slow on a small CPU)
     python -m hrnet_jax.bench --quick               # a subset sized for a 2-core CPU
@@ -19,6 +19,12 @@ Per model (after ``--warmup`` untimed calls, the median of ``--iters`` timed cal
   ``peak_bytes_in_use``; ``temp_mb``: XLA's temporary buffer size of the compiled call.
 * ``torch_*``: the same figures for timm in eager mode, and ``ratio_*`` = JAX images/s / torch images/s.
 
+PyTorch is measured in a child process of its own that never imports JAX (``--torch-worker``), right after the
+JAX figures of the same model, with the same thread count. In one process the two runtimes slow each other:
+on the 2-core CPU, timm's W32 inference at batch 1 drops from 7.0 to 5.5 img/s once JAX has run one tiny
+computation, and to 3.3 img/s after a few JAX training steps (idle XLA / OpenMP worker threads, allocator state);
+a shared process would flatter JAX's ratios.
+
 Models are given as ``name[@HxW]``; classification models map to timm's model of the same width, pose and
 segmentation models to timm's backbone (``features_only=True, feature_location=''``: the four stage-4 streams)
 plus an equivalent head (pose: 1x1 conv on the highest-resolution stream; segmentation: bilinear concat +
@@ -28,13 +34,18 @@ model does slightly *more* work than the JAX one (whose last module fuses into t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import signal
+import subprocess
+import tempfile
 import platform
 import resource
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 DEFAULT_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "hrnet_w32", "hrnet_w48", "pose_hrnet_w32@256x192",
@@ -98,7 +109,7 @@ def parse_model(spec: str) -> tuple[str, tuple[int, int] | None]:
     return spec, None
 
 
-def machine_info(torch_mod=None) -> dict:
+def machine_info() -> dict:
     import jax
     import flax
     from hrnet_jax import xla_options
@@ -107,14 +118,16 @@ def machine_info(torch_mod=None) -> dict:
                 flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
                 xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg(),
                 inference_compiler_options=xla_options.inference(), onednn_conv_gradients=_onednn_status())
-    if torch_mod is not None:
-        info["torch"] = torch_mod.__version__
-        info["torch_threads"] = torch_mod.get_num_threads()
-        try:
-            import timm
-            info["timm"] = timm.__version__
-        except ImportError:
-            pass
+    return info
+
+
+def torch_machine_info(torch_mod) -> dict:
+    info = dict(torch=torch_mod.__version__, torch_threads=torch_mod.get_num_threads())
+    try:
+        import timm
+        info["timm"] = timm.__version__
+    except ImportError:
+        pass
     return info
 
 
@@ -300,18 +313,14 @@ def make_jax_train_step(model, lr: float = 0.01, momentum: float = 0.9):
 
 
 # ------------------------------------------------------------------------------------------------------ torch
-def _timm_name(name: str) -> str:
-    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
-    width = MODEL_SPECS[resolve_name(name)]["width"]
+def timm_name(width: str) -> str:
     return TIMM_NAMES.get(width, f"hrnet_{width}")
 
 
-def build_torch_model(name: str, num_outputs: int):
+def build_torch_model(head: str, tname: str, num_outputs: int):
+    """timm's model (classification) or timm's backbone plus the task head; (module, description)."""
     import timm
     import torch
-    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
-    head = MODEL_SPECS[resolve_name(name)]["head"]
-    tname = _timm_name(name)
     if head == "classification":
         return timm.create_model(tname, pretrained=False, num_classes=num_outputs), tname
     body = timm.create_model(tname, pretrained=False, features_only=True, feature_location="")
@@ -348,16 +357,16 @@ def build_torch_model(name: str, num_outputs: int):
     raise ValueError(f"no torch counterpart for head {head!r}")
 
 
-def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args, compiled: bool = False,
+def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_outputs: int, args, compiled: bool = False,
                 out: dict | None = None, on_update=None) -> dict:
+    """The PyTorch figures; ``args`` has ``warmup``, ``iters``, ``dtype``, ``torch_device``, ``torch_channels_last``.
+    Runs in the ``--torch-worker`` child process (see the module docstring)."""
     import torch
-    from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
-    head = MODEL_SPECS[resolve_name(name)]["head"]
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # what a PyTorch user sets for fixed-size inputs
-    model, desc = build_torch_model(name, num_outputs)
+    model, desc = build_torch_model(head, tname, num_outputs)
     model = model.to(dev)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
     channels_last = args.torch_channels_last == "on" or (args.torch_channels_last == "auto" and dev.type == "cuda")
@@ -415,6 +424,51 @@ def bench_torch(name: str, hw, batches, train_batch: int, num_outputs: int, args
     return out
 
 
+TORCH_ARGS = ("warmup", "iters", "dtype", "torch_device", "torch_channels_last")
+
+
+def torch_worker(job: dict) -> None:
+    """``--torch-worker JOB``: the PyTorch measurements of one model in this fresh process (no JAX imported);
+    the figures go to ``job["out"]`` as JSON, rewritten after every measurement (a killed run keeps them)."""
+    import torch
+    torch.set_num_threads(job["threads"])
+    res: dict[str, Any] = {"machine": torch_machine_info(torch), "figures": {}}
+
+    def write():
+        with open(job["out"] + ".tmp", "w") as f:
+            json.dump(res, f)
+        os.replace(job["out"] + ".tmp", job["out"])
+
+    args = SimpleNamespace(**job["args"])
+    bench_torch(job["head"], job["timm_name"], tuple(job["hw"]), tuple(job["batches"]), job["train_batch"],
+                job["num_outputs"], args, compiled=job["compiled"], out=res["figures"], on_update=write)
+    res["machine"]["jax_in_torch_process"] = "jax" in sys.modules  # must stay False
+    write()
+
+
+def run_torch(spec: dict, hw, batches, train_batch: int, args, threads: int, compiled: bool, store) -> None:
+    """Runs :func:`torch_worker` in a child process and calls ``store`` with its ``{"machine", "figures"}``:
+    also with the partial figures when the child fails (``figures["error"]`` says how) or when this process is
+    being stopped (SIGTERM -> SystemExit, see :func:`main`), before the stop goes on."""
+    with tempfile.TemporaryDirectory(prefix="hrnet_bench_torch_") as d:
+        job = dict(head=spec["head"], timm_name=timm_name(spec["width"]), num_outputs=spec["num_outputs"],
+                   hw=list(hw), batches=list(batches), train_batch=train_batch, compiled=compiled, threads=threads,
+                   args={k: getattr(args, k) for k in TORCH_ARGS}, out=os.path.join(d, "torch.json"))
+        cmd = [sys.executable, "-m", "hrnet_jax.bench", "--torch-worker", json.dumps(job)]
+        err = "stopped"
+        try:
+            rc = subprocess.run(cmd, stdout=sys.stderr).returncode
+            err = f"torch worker exited with {rc}" if rc else None
+        finally:
+            res = {"machine": {}, "figures": {}}
+            if os.path.exists(job["out"]):
+                with open(job["out"]) as f:
+                    res = json.load(f)
+            if err:
+                res["figures"]["error"] = err
+            store(res)
+
+
 # ------------------------------------------------------------------------------------------------ pipeline
 def bench_pose_pipeline(batch_size: int, num_batches: int, root: str | None = None, hw=(256, 192)) -> dict:
     import tempfile
@@ -446,7 +500,7 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}; python {m['python']}, "
              f"jax {m['jax']}, flax {m['flax']}"
-             + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
+             + (f", torch {m['torch']} ({m['torch_threads']} threads, a process of its own), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
              + f"; XLA_FLAGS='{m['xla_flags']}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
@@ -536,9 +590,13 @@ def main(argv=None) -> dict:
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
+    p.add_argument("--torch-worker", metavar="JOB", help=argparse.SUPPRESS)  # internal: see torch_worker
     p.add_argument("--report", nargs="+", metavar="JSON", help="print the markdown tables of saved --json files "
                    "(also partial ones, from a run stopped by a time limit) and exit")
     args = p.parse_args(argv)
+    if args.torch_worker:
+        torch_worker(json.loads(args.torch_worker))
+        return {}
     if args.report:
         for path in args.report:
             with open(path) as f:
@@ -562,17 +620,12 @@ def main(argv=None) -> dict:
         batches = (1, 4)
     train_batch = max(batches) if args.train_batch is None else args.train_batch
 
-    torch_mod = None
-    if not args.no_torch:
-        try:
-            import torch
-            import timm  # noqa: F401
-            torch.set_num_threads(threads)
-            torch_mod = torch
-        except ImportError as e:
-            print(f"# torch/timm not available ({e}); JAX only", file=sys.stderr)
+    with_torch = not args.no_torch
+    if with_torch and not all(importlib.util.find_spec(m) for m in ("torch", "timm")):
+        print("# torch/timm not installed; JAX only", file=sys.stderr)
+        with_torch = False
     from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
-    results: dict[str, Any] = {"machine": machine_info(torch_mod), "models": [],
+    results: dict[str, Any] = {"machine": machine_info(), "models": [],
                                "config": dict(batches=list(batches), train_batch=train_batch, warmup=args.warmup,
                                               iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
                                               scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
@@ -593,17 +646,19 @@ def main(argv=None) -> dict:
         results["models"].append(entry)
         entry["jax"] = bench_jax(name, hw, batches, train_batch, args)
         save()
-        if torch_mod is not None and not (args.torch_compile and args.no_torch_eager):
-            entry["torch"] = bench_torch(name, hw, batches, train_batch, spec["num_outputs"], args)
-            entry["ratios"] = ratios(entry["jax"], entry["torch"])
-            save()
-        if torch_mod is not None and args.torch_compile:
-            print(f"#   torch.compile {name}", file=sys.stderr, flush=True)
-            entry["torch_compile"] = {}
-            bench_torch(name, hw, batches, train_batch, spec["num_outputs"], args, compiled=True,
-                        out=entry["torch_compile"], on_update=save)
-            entry["ratios_compile"] = ratios(entry["jax"], entry["torch_compile"])
-            save()
+        for key, compiled in (("torch", False), ("torch_compile", True)):
+            if not with_torch or (compiled and not args.torch_compile) or (not compiled and args.no_torch_eager
+                                                                             and args.torch_compile):
+                continue
+            print(f"#   {'torch.compile' if compiled else 'torch eager'} {name} (child process)", file=sys.stderr,
+                  flush=True)
+
+            def store(res, key=key):
+                results["machine"].update(res["machine"])
+                entry[key] = res["figures"]
+                entry["ratios" if key == "torch" else "ratios_compile"] = ratios(entry["jax"], entry[key])
+                save()
+            run_torch(spec, hw, batches, train_batch, args, threads, compiled, store)
         print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
     if args.pose_pipeline:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
@@ -613,4 +668,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # A stop (e.g. timeout's SIGTERM) becomes SystemExit, so that run_torch stores what its child measured.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

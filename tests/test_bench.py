@@ -67,6 +67,7 @@ def test_cli_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert {"cpu", "cores", "jax", "torch", "device"} <= set(res["machine"])
+    assert res["machine"]["jax_in_torch_process"] is False  # torch measured apart from JAX's threads
     (m,) = res["models"]
     assert m["name"] == "pose_hrnet_w32" and m["input_hw"] == [64, 32]
     j, t = m["jax"], m["torch"]
