@@ -116,7 +116,8 @@ def machine_info() -> dict:
     dev = jax.devices()[0]
     info = dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
                 flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-                xla_flags=os.environ.get("XLA_FLAGS", ""), load_at_start=_loadavg(),
+                xla_flags=os.environ.get("XLA_FLAGS", ""), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                load_at_start=_loadavg(),
                 inference_compiler_options=xla_options.inference(), onednn_conv_gradients=_onednn_status())
     return info
 
@@ -502,7 +503,7 @@ def markdown(results: dict) -> str:
              f"jax {m['jax']}, flax {m['flax']}"
              + (f", torch {m['torch']} ({m['torch_threads']} threads, a process of its own), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
-             + f"; XLA_FLAGS='{m['xla_flags']}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
+             + f"; XLA_FLAGS='{m['xla_flags']}'; GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
     tb = results["config"]["train_batch"]
@@ -668,6 +669,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from hrnet_jax.host_memory import reexec_with_hugepage_malloc
+    reexec_with_hugepage_malloc("hrnet_jax.bench")  # XLA's per-call temp buffer on huge pages: see host_memory
     # A stop (e.g. timeout's SIGTERM) becomes SystemExit, so that run_torch stores what its child measured.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

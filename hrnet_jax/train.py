@@ -20,6 +20,10 @@ compiled steps → restore / init → loop (log, eval, checkpoint, guards).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX loads: XLA's per-step temp buffer on huge pages (see host_memory)
+    from hrnet_jax.host_memory import reexec_with_hugepage_malloc
+    reexec_with_hugepage_malloc("hrnet_jax.train")
+
 import dataclasses
 import functools
 import json
