@@ -19,11 +19,12 @@ Per model (after ``--warmup`` untimed calls, the median of ``--iters`` timed cal
   ``peak_bytes_in_use``; ``temp_mb``: XLA's temporary buffer size of the compiled call.
 * ``torch_*``: the same figures for timm in eager mode, and ``ratio_*`` = JAX images/s / torch images/s.
 
-PyTorch is measured in a child process of its own that never imports JAX (``--torch-worker``), right after the
-JAX figures of the same model, with the same thread count. In one process the two runtimes slow each other:
-on the 2-core CPU, timm's W32 inference at batch 1 drops from 7.0 to 5.5 img/s once JAX has run one tiny
-computation, and to 3.3 img/s after a few JAX training steps (idle XLA / OpenMP worker threads, allocator state);
-a shared process would flatter JAX's ratios.
+Every model is measured in two fresh child processes (``--worker``), one per framework, one after the other,
+with the same thread count: JAX first, then PyTorch in a process that never imports JAX. In one process the
+two runtimes slow each other: on the 2-core CPU, timm's W32 inference at batch 1 drops from 7.0 to 5.5 img/s
+once JAX has run one tiny computation, and to 3.3 img/s after a few JAX training steps (idle XLA / OpenMP worker
+threads, allocator state); a shared process would flatter JAX's ratios. A JAX process that has already run
+other models is slower too (W32 train step 2.04 img/s after W18-small and W18, 2.4-2.8 fresh).
 
 Models are given as ``name[@HxW]``; classification models map to timm's model of the same width, pose and
 segmentation models to timm's backbone (``features_only=True, feature_location=''``: the four stage-4 streams)
@@ -109,17 +110,22 @@ def parse_model(spec: str) -> tuple[str, tuple[int, int] | None]:
     return spec, None
 
 
+def host_info() -> dict:
+    """The machine as the orchestrating process sees it (no JAX backend started)."""
+    return dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
+                xla_flags=os.environ.get("XLA_FLAGS", ""), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                load_at_start=_loadavg())
+
+
 def machine_info() -> dict:
+    """:func:`host_info` and the JAX side: versions, device, compiler options, oneDNN status."""
     import jax
     import flax
     from hrnet_jax import xla_options
     dev = jax.devices()[0]
-    info = dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
-                flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-                xla_flags=os.environ.get("XLA_FLAGS", ""), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
-                load_at_start=_loadavg(),
+    return dict(host_info(), jax=jax.__version__, flax=flax.__version__,
+                device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
                 inference_compiler_options=xla_options.inference(), onednn_conv_gradients=_onednn_status())
-    return info
 
 
 def torch_machine_info(torch_mod) -> dict:
@@ -206,7 +212,9 @@ def _compile(fn, *args, flops_fn=None):
     return compiled, ct, flops or _cost_flops(lowered) or _cost_flops(compiled)
 
 
-def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -> dict:
+def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, out: dict | None = None,
+              on_update=None) -> dict:
+    """The JAX figures; ``args`` has the fields of :data:`JAX_ARGS`. Runs in a ``--worker`` child process."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -222,7 +230,9 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
     if args.tiny:
         kw["config"] = TINY_CONFIG()
     model = models.create(name, **kw)
-    out: dict[str, Any] = {"compile_s": {}, "gflops": {}, "temp_mb": {}}
+    out = {} if out is None else out
+    out.update(compile_s={}, gflops={}, temp_mb={})
+    on_update = on_update or (lambda: None)
     x1 = jnp.zeros((1, *hw, 3), jnp.float32)
     variables = _random_variables(model, x1)
     rng = np.random.default_rng(1)
@@ -247,6 +257,7 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
         out["temp_mb"][tag] = _temp_mb(compiled)
         if tag == f"infer_b{max(batches)}":
             out["gflop_per_image"] = round(flops / b / 1e9, 2) if flops else None
+        on_update()
 
     for b in batches:
         run_infer(f"infer_b{b}", infer_f, fparams, b)
@@ -276,6 +287,7 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args) -
     dp = _device_peak_mb()
     out["peak_mb"] = dp if dp is not None else round(_peak_rss_mb(), 1)
     out["peak_kind"] = "device" if dp is not None else "host_rss"
+    on_update()
     return out
 
 
@@ -425,15 +437,15 @@ def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_output
     return out
 
 
+JAX_ARGS = ("warmup", "iters", "dtype", "no_scan", "scan_unroll", "onednn", "tiny", "no_unfolded")
 TORCH_ARGS = ("warmup", "iters", "dtype", "torch_device", "torch_channels_last")
 
 
-def torch_worker(job: dict) -> None:
-    """``--torch-worker JOB``: the PyTorch measurements of one model in this fresh process (no JAX imported);
-    the figures go to ``job["out"]`` as JSON, rewritten after every measurement (a killed run keeps them)."""
-    import torch
-    torch.set_num_threads(job["threads"])
-    res: dict[str, Any] = {"machine": torch_machine_info(torch), "figures": {}}
+def worker(job: dict) -> None:
+    """``--worker JOB``: one framework's measurements of one model in this fresh process (the torch worker never
+    imports JAX); ``{"machine", "figures"}`` go to ``job["out"]`` as JSON, rewritten after every measurement so
+    that a killed run keeps them."""
+    res: dict[str, Any] = {"machine": {}, "figures": {}}
 
     def write():
         with open(job["out"] + ".tmp", "w") as f:
@@ -441,25 +453,36 @@ def torch_worker(job: dict) -> None:
         os.replace(job["out"] + ".tmp", job["out"])
 
     args = SimpleNamespace(**job["args"])
-    bench_torch(job["head"], job["timm_name"], tuple(job["hw"]), tuple(job["batches"]), job["train_batch"],
-                job["num_outputs"], args, compiled=job["compiled"], out=res["figures"], on_update=write)
-    res["machine"]["jax_in_torch_process"] = "jax" in sys.modules  # must stay False
+    hw, batches = tuple(job["hw"]), tuple(job["batches"])
+    if job["framework"] == "jax":
+        res["machine"] = machine_info()
+        bench_jax(job["name"], hw, batches, job["train_batch"], args, out=res["figures"], on_update=write)
+    else:
+        import torch
+        torch.set_num_threads(job["threads"])
+        res["machine"] = torch_machine_info(torch)
+        bench_torch(job["head"], job["timm_name"], hw, batches, job["train_batch"], job["num_outputs"], args,
+                    compiled=job["compiled"], out=res["figures"], on_update=write)
+        res["machine"]["jax_in_torch_process"] = "jax" in sys.modules  # must stay False
     write()
 
 
-def run_torch(spec: dict, hw, batches, train_batch: int, args, threads: int, compiled: bool, store) -> None:
-    """Runs :func:`torch_worker` in a child process and calls ``store`` with its ``{"machine", "figures"}``:
-    also with the partial figures when the child fails (``figures["error"]`` says how) or when this process is
-    being stopped (SIGTERM -> SystemExit, see :func:`main`), before the stop goes on."""
-    with tempfile.TemporaryDirectory(prefix="hrnet_bench_torch_") as d:
-        job = dict(head=spec["head"], timm_name=timm_name(spec["width"]), num_outputs=spec["num_outputs"],
-                   hw=list(hw), batches=list(batches), train_batch=train_batch, compiled=compiled, threads=threads,
-                   args={k: getattr(args, k) for k in TORCH_ARGS}, out=os.path.join(d, "torch.json"))
-        cmd = [sys.executable, "-m", "hrnet_jax.bench", "--torch-worker", json.dumps(job)]
+def run_worker(framework: str, name: str, spec: dict, hw, batches, train_batch: int, args, threads: int, store,
+               compiled: bool = False) -> None:
+    """Runs :func:`worker` in a child process and calls ``store`` with its ``{"machine", "figures"}``: also with
+    the partial figures when the child fails (``figures["error"]`` says how) or when this process is being
+    stopped (SIGTERM -> SystemExit, see ``__main__``), before the stop goes on."""
+    with tempfile.TemporaryDirectory(prefix="hrnet_bench_") as d:
+        keys = JAX_ARGS if framework == "jax" else TORCH_ARGS
+        job = dict(framework=framework, name=name, head=spec["head"], timm_name=timm_name(spec["width"]),
+                   num_outputs=spec["num_outputs"], hw=list(hw), batches=list(batches), train_batch=train_batch,
+                   compiled=compiled, threads=threads, args={k: getattr(args, k) for k in keys},
+                   out=os.path.join(d, "figures.json"))
+        cmd = [sys.executable, "-m", "hrnet_jax.bench", "--worker", json.dumps(job)]
         err = "stopped"
         try:
             rc = subprocess.run(cmd, stdout=sys.stderr).returncode
-            err = f"torch worker exited with {rc}" if rc else None
+            err = f"{framework} worker exited with {rc}" if rc else None
         finally:
             res = {"machine": {}, "figures": {}}
             if os.path.exists(job["out"]):
@@ -499,10 +522,11 @@ def _fmt(v, nd=1):
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}; python {m['python']}, "
-             f"jax {m['jax']}, flax {m['flax']}"
-             + (f", torch {m['torch']} ({m['torch_threads']} threads, a process of its own), timm {m.get('timm', '?')}"
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, device {m.get('device', '?')}; python {m['python']}, "
+             f"jax {m.get('jax', '?')}, flax {m.get('flax', '?')}"
+             + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
+             + (f"; {results['config']['isolation']}" if "isolation" in results["config"] else "")
              + f"; XLA_FLAGS='{m['xla_flags']}'; GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
@@ -591,12 +615,12 @@ def main(argv=None) -> dict:
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
-    p.add_argument("--torch-worker", metavar="JOB", help=argparse.SUPPRESS)  # internal: see torch_worker
+    p.add_argument("--worker", metavar="JOB", help=argparse.SUPPRESS)  # internal: see worker()
     p.add_argument("--report", nargs="+", metavar="JSON", help="print the markdown tables of saved --json files "
                    "(also partial ones, from a run stopped by a time limit) and exit")
     args = p.parse_args(argv)
-    if args.torch_worker:
-        torch_worker(json.loads(args.torch_worker))
+    if args.worker:
+        worker(json.loads(args.worker))
         return {}
     if args.report:
         for path in args.report:
@@ -626,11 +650,13 @@ def main(argv=None) -> dict:
         print("# torch/timm not installed; JAX only", file=sys.stderr)
         with_torch = False
     from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
-    results: dict[str, Any] = {"machine": machine_info(), "models": [],
+    results: dict[str, Any] = {"machine": host_info(), "models": [],
                                "config": dict(batches=list(batches), train_batch=train_batch, warmup=args.warmup,
                                               iters=args.iters, dtype=args.dtype, scan=not args.no_scan,
                                               scan_unroll=args.scan_unroll, torch_compile=args.torch_compile,
-                                              tiny=args.tiny, threads=threads, onednn=args.onednn)}
+                                              tiny=args.tiny, threads=threads, onednn=args.onednn,
+                                              isolation="each model in a fresh JAX process, then a fresh PyTorch "
+                                                        "one")}
 
     def save():  # keep partial results of long runs (a timeout during torch.compile keeps what was measured)
         if args.json:
@@ -645,21 +671,24 @@ def main(argv=None) -> dict:
         entry: dict[str, Any] = {"name": name, "input_hw": list(hw), "head": spec["head"], "load": _loadavg()}
         print(f"# {name} @{hw[0]}x{hw[1]} (load {entry['load']})", file=sys.stderr, flush=True)
         results["models"].append(entry)
-        entry["jax"] = bench_jax(name, hw, batches, train_batch, args)
-        save()
-        for key, compiled in (("torch", False), ("torch_compile", True)):
-            if not with_torch or (compiled and not args.torch_compile) or (not compiled and args.no_torch_eager
-                                                                             and args.torch_compile):
-                continue
-            print(f"#   {'torch.compile' if compiled else 'torch eager'} {name} (child process)", file=sys.stderr,
-                  flush=True)
+        runs = [("jax", False)] + [("torch", False)] * (with_torch and not (args.torch_compile and args.no_torch_eager))
+        runs += [("torch_compile", True)] * (with_torch and args.torch_compile)
+        for key, compiled in runs:
+            print(f"#   {key} {name} (child process)", file=sys.stderr, flush=True)
 
             def store(res, key=key):
-                results["machine"].update(res["machine"])
+                machine = dict(res["machine"])
+                load = machine.pop("load_at_start", None)
+                results["machine"].update({k: v for k, v in machine.items() if k not in results["machine"]
+                                           or k in ("jax", "flax", "device", "torch", "torch_threads", "timm")})
                 entry[key] = res["figures"]
-                entry["ratios" if key == "torch" else "ratios_compile"] = ratios(entry["jax"], entry[key])
+                if key == "jax":
+                    entry["load"] = load
+                else:
+                    entry["ratios" if key == "torch" else "ratios_compile"] = ratios(entry.get("jax", {}), entry[key])
                 save()
-            run_torch(spec, hw, batches, train_batch, args, threads, compiled, store)
+            run_worker("jax" if key == "jax" else "torch", name, spec, hw, batches, train_batch, args, threads,
+                       store, compiled=compiled)
         print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
     if args.pose_pipeline:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
@@ -671,6 +700,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     from hrnet_jax.host_memory import reexec_with_hugepage_malloc
     reexec_with_hugepage_malloc("hrnet_jax.bench")  # XLA's per-call temp buffer on huge pages: see host_memory
-    # A stop (e.g. timeout's SIGTERM) becomes SystemExit, so that run_torch stores what its child measured.
+    # A stop (e.g. timeout's SIGTERM) becomes SystemExit, so that run_worker stores what its child measured.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

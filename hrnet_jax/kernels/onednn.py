@@ -8,11 +8,12 @@ which XLA needs 19-24 ms for the input and weight gradients and PyTorch 12.6 ms.
 transposing the activations to put the batch last).
 
 What: :func:`conv2d` is ``lax.conv_general_dilated`` for NHWC activations, HWIO kernels, symmetric padding and
-equal strides, float32. Its forward pass *is* XLA's conv (so inference, which has no backward pass, is
-unchanged and keeps XLA's fusions), and its ``jax.custom_vjp`` backward pass computes the input gradient and the
-weight gradient with two custom calls into oneDNN (``kernels/onednn_conv.cc``). oneDNN reads and writes NHWC
+equal strides, float32. Its forward pass is XLA's conv (so inference, which has no backward pass, is unchanged
+and keeps XLA's fusions), and its ``jax.custom_vjp`` backward pass computes the input gradient and the weight
+gradient with two custom calls into oneDNN (``kernels/onednn_conv.cc``). oneDNN reads and writes NHWC
 activations as they are and reorders the small kernels into its own layout. Measured W32 train step (batch 4,
-2 cores, jax 0.10.2): 1.88 s -> 1.63 s.
+2 cores, jax 0.10.2): 1.88 s -> 1.63 s. ``serial=True`` convs (the single-stream sections of a training
+network) also run the forward pass through oneDNN, on one OpenMP thread per core: see :func:`conv2d`.
 
 How it is built: on first use the C++ file is compiled with the system C++ compiler against jaxlib's FFI
 headers and the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (oneDNN 3.2, GNU OpenMP), into
@@ -166,7 +167,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 1, threa
     XLA fuses with its neighbours) and gradients on ``threads`` OpenMP threads (default :func:`default_threads`).
     ``serial=True`` (a conv that XLA runs alone, in a single-stream section): the forward pass through oneDNN too,
     and all three on one OpenMP thread per core unless ``threads`` says otherwise. XLA runs such a section's
-    forward convs and the 1-thread gradient calls on one of its threads while the other cores idle."""
+    forward convs and the 1-thread gradient calls on one of its threads while the other cores idle.
+
+    Tried and dropped (W32 train step, batch 4, 2 cores, medians of 30 steps): cutting a serial conv along the
+    batch into one 1-thread custom call per core, for XLA's thread pool to run side by side (no OpenMP barrier to
+    stall when XLA runs something else beside the conv): 1.53-1.77 s against 1.40-1.72 s for the OpenMP team.
+    XLA's own gradients for the classification head's wide stride-2 convs (faster than oneDNN's in isolation:
+    512->1024 at 14x14, 37 vs 54 ms): no difference beyond the run-to-run noise of the whole step.
+    """
     reason = _load()
     if reason is not None:
         raise RuntimeError(f"the oneDNN kernels cannot be used: {reason}")
