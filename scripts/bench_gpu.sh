@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: the HRNet benchmark in bf16 at large batches, JAX vs timm eager and torch.compile
-# (channels_last, cudnn.benchmark) in the same process.
+# (channels_last, cudnn.benchmark) in the same run (each model: a fresh JAX process, then fresh PyTorch ones).
 #   bash scripts/bench_gpu.sh [OUT_DIR]
 # Needs jax[cuda], flax, optax, torch (CUDA build) and timm in the active environment. Writes
 # OUT_DIR/bench_gpu_pose.json (pose W32 256x192 incl. torch.compile: the H100 goal) and
@@ -10,7 +10,7 @@
 set -uo pipefail
 OUT=${1:-${OUT:-.}}
 mkdir -p "$OUT"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch runs in the same process
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX allocates device memory as it needs it
 export PYTHONUNBUFFERED=1
 POSE_S=${POSE_S:-330}
 REST_S=${REST_S:-170}
