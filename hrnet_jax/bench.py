@@ -38,13 +38,13 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
-import subprocess
-import tempfile
 import platform
 import resource
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -117,14 +117,13 @@ def host_info() -> dict:
                 load_at_start=_loadavg())
 
 
-def machine_info() -> dict:
-    """:func:`host_info` and the JAX side: versions, device, compiler options, oneDNN status."""
+def jax_machine_info() -> dict:
+    """The JAX side of the machine: versions, device, compiler options, oneDNN status (starts the backend)."""
     import jax
     import flax
     from hrnet_jax import xla_options
     dev = jax.devices()[0]
-    return dict(host_info(), jax=jax.__version__, flax=flax.__version__,
-                device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+    return dict(jax=jax.__version__, flax=flax.__version__, device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
                 inference_compiler_options=xla_options.inference(), onednn_conv_gradients=_onednn_status())
 
 
@@ -373,7 +372,7 @@ def build_torch_model(head: str, tname: str, num_outputs: int):
 def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_outputs: int, args, compiled: bool = False,
                 out: dict | None = None, on_update=None) -> dict:
     """The PyTorch figures; ``args`` has ``warmup``, ``iters``, ``dtype``, ``torch_device``, ``torch_channels_last``.
-    Runs in the ``--torch-worker`` child process (see the module docstring)."""
+    Runs in a ``--worker`` child process (see the module docstring)."""
     import torch
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu")
@@ -455,7 +454,7 @@ def worker(job: dict) -> None:
     args = SimpleNamespace(**job["args"])
     hw, batches = tuple(job["hw"]), tuple(job["batches"])
     if job["framework"] == "jax":
-        res["machine"] = machine_info()
+        res["machine"] = jax_machine_info()
         bench_jax(job["name"], hw, batches, job["train_batch"], args, out=res["figures"], on_update=write)
     else:
         import torch
@@ -495,7 +494,6 @@ def run_worker(framework: str, name: str, spec: dict, hw, batches, train_batch: 
 
 # ------------------------------------------------------------------------------------------------ pipeline
 def bench_pose_pipeline(batch_size: int, num_batches: int, root: str | None = None, hw=(256, 192)) -> dict:
-    import tempfile
     from hrnet_jax.data.coco_keypoints import CocoKeypointSource
     from hrnet_jax.data.synthetic_pose import ensure_synthetic_pose_dataset
     from hrnet_jax.tasks.pose.pipeline import AugmentConfig, measure_throughput, train_dataset
@@ -671,20 +669,18 @@ def main(argv=None) -> dict:
         entry: dict[str, Any] = {"name": name, "input_hw": list(hw), "head": spec["head"], "load": _loadavg()}
         print(f"# {name} @{hw[0]}x{hw[1]} (load {entry['load']})", file=sys.stderr, flush=True)
         results["models"].append(entry)
-        runs = [("jax", False)] + [("torch", False)] * (with_torch and not (args.torch_compile and args.no_torch_eager))
-        runs += [("torch_compile", True)] * (with_torch and args.torch_compile)
+        runs = [("jax", False)]
+        if with_torch and not (args.torch_compile and args.no_torch_eager):
+            runs.append(("torch", False))
+        if with_torch and args.torch_compile:
+            runs.append(("torch_compile", True))
         for key, compiled in runs:
             print(f"#   {key} {name} (child process)", file=sys.stderr, flush=True)
 
             def store(res, key=key):
-                machine = dict(res["machine"])
-                load = machine.pop("load_at_start", None)
-                results["machine"].update({k: v for k, v in machine.items() if k not in results["machine"]
-                                           or k in ("jax", "flax", "device", "torch", "torch_threads", "timm")})
+                results["machine"].update(res["machine"])
                 entry[key] = res["figures"]
-                if key == "jax":
-                    entry["load"] = load
-                else:
+                if key != "jax":
                     entry["ratios" if key == "torch" else "ratios_compile"] = ratios(entry.get("jax", {}), entry[key])
                 save()
             run_worker("jax" if key == "jax" else "torch", name, spec, hw, batches, train_batch, args, threads,

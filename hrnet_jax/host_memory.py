@@ -5,7 +5,8 @@ step at batch 4: 798 MB) and frees it afterwards. glibc serves an allocation tha
 worker threads, with a fresh ``mmap`` and returns it with ``munmap``, so every step faults in ~200,000 new 4 KiB
 pages: on the 2-core EPYC 0.45 s of kernel time per 1.7 s step. With glibc's tunable
 ``glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc asks for transparent huge pages (``madvise``), and the same
-step takes ~500 faults and 0.1-0.3 s of kernel time (W32 step 1.78 -> 1.40-1.60 s; PyTorch's step is unchanged).
+step takes ~500 faults and 0.1-0.3 s of kernel time (W32 step with serial oneDNN convs: 1.64-1.68 s ->
+1.40-1.66 s; PyTorch's step is unchanged).
 
 glibc reads its tunables once, when the process starts, so :func:`reexec_with_hugepage_malloc` restarts the
 entry point with the tunable set (``os.execve``, same arguments) when it is missing. It does nothing where it

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _SRC = Path(__file__).with_name("onednn_conv.cc")
-_TARGETS = {"fwd": "HrnetOnednnConvForward", "bwd_data": "HrnetOnednnConvBackwardData", "bwd_weights": "HrnetOnednnConvBackwardWeights"}
+_TARGETS = {"fwd": "HrnetOnednnConvForward", "bwd_data": "HrnetOnednnConvBackwardData",
+            "bwd_weights": "HrnetOnednnConvBackwardWeights"}
 
 
 def _prefixes() -> list[Path]:

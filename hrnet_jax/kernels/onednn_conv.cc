@@ -1,6 +1,6 @@
 // A 2-D convolution ('f'orward) and its two gradients (w.r.t. the input: 'd'ata, w.r.t. the kernel: 'w'eights)
-// through oneDNN, as XLA FFI custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO float32, JAX's own
-// layouts; oneDNN picks its weight layout (reordered here) and computes on NHWC activations in place.
+// through oneDNN, as XLA FFI custom calls for JAX's CPU backend. Activations are NHWC float32 and kernels HWIO
+// float32, JAX's own layouts; oneDNN picks its weight layout (reordered here) and computes on NHWC activations in place.
 // Built and loaded by hrnet_jax/kernels/onednn.py; see there for why.
 #include <cstdint>
 #include <mutex>
@@ -131,11 +131,10 @@ ffi::Error Run(char kind, const Geometry& g, float* src, float* wei, float* dst,
     memory user_wei(g.WeiUser(), Engine(), wei);
     memory wei_m = e.reorder_wei ? memory(e.wei_md, Engine()) : user_wei;
     memory scratch(e.scratch_md, Engine());
+    if (kind != 'w' && e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);  // the kernel is an input
     if (kind == 'f') {
-      if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
       e.conv.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else if (kind == 'd') {
-      if (e.reorder_wei) e.wei_reorder.execute(s, user_wei, wei_m);
       e.conv.execute(s, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
       e.conv.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});

@@ -53,7 +53,7 @@ class ModuleOptions:
         """Whether the single-stream sections (stem, stage 1, the classification head's downsampling chain) run
         their convs forward and backward through oneDNN on all cores: when training with oneDNN. XLA runs those
         sections one op at a time, its forward convs and the 1-thread gradient calls on one core while the other
-        cores idle (W32 train step, batch 4, 2 cores: 1.53 s -> 1.33 s together with THP, see ``hrnet_jax.bench``).
+        cores idle (W32 train step, batch 4, 2 cores: 1.78-1.80 s -> 1.64-1.68 s; see ``kernels.onednn.conv2d``).
         Inference keeps XLA's forward convs and their fusions."""
         return self.onednn and train
 
