@@ -175,6 +175,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 1, threa
     stall when XLA runs something else beside the conv): 1.53-1.77 s against 1.40-1.72 s for the OpenMP team.
     XLA's own gradients for the classification head's wide stride-2 convs (faster than oneDNN's in isolation:
     512->1024 at 14x14, 37 vs 54 ms): no difference beyond the run-to-run noise of the whole step.
+    BN-folded inference (W48, batch 4, jax 0.10.2) with every 3x3 / strided conv forward through oneDNN: 5.3-5.6
+    img/s on 2-thread teams, 4.6 on 1-thread calls, against 5.5 for XLA's convs, although four BasicBlocks of one
+    W48 stream alone run at 182-217 GFLOP/s in oneDNN (bias, ReLU and residual add left to XLA) against XLA's
+    171-201; HWIO weights read directly, or reordered once instead of at every call, changed <= 3%. oneDNN 3.2
+    offers no Winograd convolution on this AMD CPU (primitive creation fails), which was the remaining way to
+    fewer flops than PyTorch's direct convs.
     """
     reason = _load()
     if reason is not None:
