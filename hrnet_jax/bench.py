@@ -454,6 +454,8 @@ def worker(job: dict) -> None:
     args = SimpleNamespace(**job["args"])
     hw, batches = tuple(job["hw"]), tuple(job["batches"])
     if job["framework"] == "jax":
+        import jax
+        jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold compiles
         res["machine"] = jax_machine_info()
         bench_jax(job["name"], hw, batches, job["train_batch"], args, out=res["figures"], on_update=write)
     else:

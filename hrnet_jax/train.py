@@ -358,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (experiments.UnknownExperimentError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from hrnet_jax import compile_cache
+    cache_dir = compile_cache.enable()  # a rerun (resume) loads its compiled steps
+    if cache_dir and jax.process_index() == 0:
+        print(f"XLA compilation cache: {cache_dir} ({compile_cache.ENV}=off to turn it off)", file=sys.stderr)
     try:
         result = train(cfg, flags["workdir"])
     except PermissionError as e:

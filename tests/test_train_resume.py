@@ -39,11 +39,18 @@ def wait_for(pred, proc, timeout=120):
 
 
 def test_sigkill_then_restart_is_bitwise_equal(tmp_path):
-    ref, run = tmp_path / "ref", tmp_path / "run"
+    """...with JAX's persistent compilation cache on (hrnet_jax.compile_cache): the reference run writes its
+    compiled train step there, and the killed run and the restart load it instead of compiling it again."""
+    ref, run, cache = tmp_path / "ref", tmp_path / "run", tmp_path / "xla"
+    env = dict(ENV, HRNET_JAX_COMPILE_CACHE=str(cache))
     common = ["--config.total_steps=12", "--config.checkpoint_every=4"]
-    subprocess.run(cli(ref, *common), env=ENV, cwd=REPO, check=True, capture_output=True)
+    r = subprocess.run(cli(ref, *common), env=env, cwd=REPO, check=True, capture_output=True, text=True)
+    assert f"XLA compilation cache: {cache}" in r.stderr
+    steps_cached = lambda: sorted(f for f in os.listdir(cache) if f.startswith("jit_train_step"))
+    written = steps_cached()
+    assert len(written) == 1, os.listdir(cache)
 
-    p = subprocess.Popen(cli(run, *common, "--config.throttle_s=0.25"), env=ENV, cwd=REPO,
+    p = subprocess.Popen(cli(run, *common, "--config.throttle_s=0.25"), env=env, cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: 4 in steps_in(run), p)
     p.send_signal(signal.SIGKILL)
@@ -51,9 +58,10 @@ def test_sigkill_then_restart_is_bitwise_equal(tmp_path):
     killed_at = steps_in(run)
     assert max(killed_at) < 12, f"the run finished before it was killed: {killed_at}"
 
-    r = subprocess.run(cli(run, *common), env=ENV, cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(cli(run, *common), env=env, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from" in r.stderr
+    assert steps_cached() == written  # same train step, loaded from the cache, not compiled anew
     a, b = load_state(ref, 12), load_state(run, 12)
     flat = lambda t: {"/".join(str(getattr(k, "key", k)) for k in p): v
                       for p, v in __import__("jax").tree_util.tree_leaves_with_path(t)}
