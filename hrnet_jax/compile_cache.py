@@ -42,13 +42,18 @@ def machine_key() -> str:
     return f"{platform.machine() or 'unknown'}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
+def cache_root() -> Path:
+    """``$HRNET_JAX_CACHE`` (default ``~/.cache/hrnet_jax``): the project's on-disk caches, this one and the
+    built oneDNN kernels (``kernels.onednn``)."""
+    return Path(os.environ.get("HRNET_JAX_CACHE", Path.home() / ".cache" / "hrnet_jax")).expanduser()
+
+
 def default_dir() -> Path | None:
     """The directory :func:`enable` uses without an argument; None when ``$HRNET_JAX_COMPILE_CACHE=off``."""
     env = os.environ.get(ENV)
     if env is not None:
         return None if env.strip().lower() in ("off", "0", "none", "") else Path(env).expanduser()
-    root = Path(os.environ.get("HRNET_JAX_CACHE", Path.home() / ".cache" / "hrnet_jax")).expanduser()
-    return root / "xla" / machine_key()
+    return cache_root() / "xla" / machine_key()
 
 
 def enable(path: str | os.PathLike | None = None) -> str | None:

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrnet_jax.compile_cache import cache_root
+
 _SRC = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "HrnetOnednnConvForward", "bwd_data": "HrnetOnednnConvBackwardData",
             "bwd_weights": "HrnetOnednnConvBackwardWeights"}
@@ -62,8 +64,7 @@ def _build() -> Path:
     src = _SRC.read_bytes()
     key = hashlib.sha256(b"|".join([src, str(inc).encode(), str(lib).encode(), jaxlib.__version__.encode(),
                                     sys.version.encode()])).hexdigest()[:16]
-    cache = Path(os.environ.get("HRNET_JAX_CACHE", Path.home() / ".cache" / "hrnet_jax"))
-    out = cache / f"onednn-{key}" / "libhrnet_onednn.so"
+    out = cache_root() / f"onednn-{key}" / "libhrnet_onednn.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
