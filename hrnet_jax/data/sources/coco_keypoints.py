@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hrnet_jax.data.transforms import box_to_center_scale
-from hrnet_jax.tasks.pose.spec import KeypointSpec
+from hrnet_jax.data.ops.affine import box_to_center_scale
+from hrnet_jax.data.keypoints import KeypointSpec
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from hrnet_jax.tasks.pose.spec import COCO17, KeypointSpec
+from hrnet_jax.data.keypoints import COCO17, KeypointSpec
 
 # Human template for COCO-17 in units of body height, x to the person's left (image right), y down.
 _COCO_TEMPLATE = np.array([
