@@ -18,44 +18,26 @@ Data location: ``task.data_root`` (default ``data/coco``) with COCO's standard l
 ``task.data_root`` (default ``data/pose_demo``) when absent and trains a narrow HRNet through the same loader,
 loop and COCOeval path; minutes on a laptop CPU.
 
-Custom narrow backbones: ``model.arch`` names an entry of :data:`ARCHS` (a JSON-friendly stand-in for the
-``config=HRNetConfig(...)`` override of ``hrnet_jax.models.create``); ``build_task`` / :func:`task_config`
-turn it into the real override.
+Custom narrow backbones: ``model.arch`` holds the architecture itself (stem width and the four stages, see
+:mod:`hrnet_jax.tasks.model_config`); :data:`DEMO_W16` is the demo's.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 
-from hrnet_jax.models.backbone import HRNetConfig
-from hrnet_jax.models.stage import StageConfig
+from hrnet_jax.tasks.pose.task import task_defaults
 from hrnet_jax.training.defaults import default_config
 
 COCO_TRAIN_INSTANCES = 149813
 COCO_DET_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 
-# Narrow HRNets for CPU demos (4 streams, one module per stage, BasicBlocks).
-ARCHS = {
-    "demo_w16": HRNetConfig(stem_width=32, stages=(
-        StageConfig(1, 1, "BOTTLENECK", (1,), (16,)),
-        StageConfig(1, 2, "BASIC", (1, 1), (16, 32)),
-        StageConfig(1, 3, "BASIC", (1, 1, 1), (16, 32, 64)),
-        StageConfig(1, 4, "BASIC", (1, 1, 1, 1), (16, 32, 64, 128)),
-    )),
-}
-
-
-def _task(**fields) -> dict:
-    """Every :class:`PoseTaskConfig` field (so each can be overridden with ``--config.task.<field>=``), updated."""
-    from hrnet_jax.tasks.pose.task import PoseTaskConfig
-    skip = {"batch_size", "seed", "model_name", "model_dtype", "model_overrides"}   # from the loop config
-    base = {f.name: getattr(PoseTaskConfig(), f.name) for f in dataclasses.fields(PoseTaskConfig)
-            if f.name not in skip}
-    unknown = set(fields) - set(base)
-    if unknown:
-        raise ValueError(f"unknown pose task fields {sorted(unknown)}")
-    return {**base, **fields}
+# A narrow HRNet for CPU demos (4 streams, one module per stage, BasicBlocks), as model.arch.
+DEMO_W16 = dict(stem_width=32, stages=(
+    dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(16,)),
+    dict(num_modules=1, num_branches=2, block="BASIC", num_blocks=(1, 1), num_channels=(16, 32)),
+    dict(num_modules=1, num_branches=3, block="BASIC", num_blocks=(1, 1, 1), num_channels=(16, 32, 64)),
+    dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1), num_channels=(16, 32, 64, 128)),
+))
 
 
 def _coco(model: str, input_hw: tuple[int, int], batch: int, epochs: int = 210, drops=(170, 200)):
@@ -63,11 +45,12 @@ def _coco(model: str, input_hw: tuple[int, int], batch: int, epochs: int = 210, 
     total = epochs * steps_per_epoch
     return default_config(
         total_steps=total, batch_size=batch, seed=0, log_every=100,
-        eval_every=10 * steps_per_epoch, checkpoint_every=steps_per_epoch, keep_checkpoints=3, best_metric="AP",
-        model=dict(name=model, dtype="float32"),
+        evals=dict(val=dict(every=10 * steps_per_epoch, steps=0)),
+        checkpoint_every=steps_per_epoch, keep_checkpoints=3, best_metric="val/AP",
+        model=dict(name=model, dtype="float32", arch={}),
         optimizer=dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="step",
                        boundaries=tuple(d * steps_per_epoch for d in drops), decay_factor=0.1),
-        task=_task(
+        task=task_defaults(
             data_root="data/coco",
             train_ann="annotations/person_keypoints_train2017.json", train_images="train2017",
             val_ann="annotations/person_keypoints_val2017.json", val_images="val2017",
@@ -100,18 +83,18 @@ DEMO_STEPS = 450
 
 
 def pose_demo():
-    """Synthetic figures (1200 train / 150 val images of 1-2 people, 192x192), the narrow ``demo_w16`` HRNet at
+    """Synthetic figures (1200 train / 150 val images of 1-2 people, 192x192), the narrow ``DEMO_W16`` HRNet at
     128x96, 450 steps of batch 32 (Adam 2e-3, cosine); evaluated like COCO: the generated detector-style boxes
     (jittered GT + false positives), flip test, OKS-NMS, COCOeval. Measured on a shared 2-core CPU, including data
-    generation, compilation and the final evaluation: eval/AP 0.819, 3 min 52 s wall (load average 4-6); 5 min 7 s
+    generation, compilation and the final evaluation: val/AP 0.819, 3 min 52 s wall (load average 4-6); 5 min 7 s
     at load ~8.7. The same checkpoint on GT boxes: AP 0.870."""
     total = DEMO_STEPS
     return default_config(
-        total_steps=total, batch_size=32, seed=0, log_every=25, eval_every=total, checkpoint_every=total,
-        keep_checkpoints=1,
-        model=dict(name="pose_hrnet_w18_small_v1", dtype="float32", arch="demo_w16"),
+        total_steps=total, batch_size=32, seed=0, log_every=25, checkpoint_every=total, keep_checkpoints=1,
+        evals=dict(val=dict(every=total, steps=0)),
+        model=dict(name="pose_hrnet_w18_small_v1", dtype="float32", arch=DEMO_W16),
         optimizer=dict(name="adam", lr=2e-3, weight_decay=0.0, schedule="cosine", warmup_steps=30, end_lr=2e-5),
-        task=_task(
+        task=task_defaults(
             data_root="data/pose_demo",
             synthetic=dict(num_train=1200, num_val=150, image_size_hw=(192, 192), max_people=2,
                            height_range=(0.45, 0.9), seed=0),
@@ -130,41 +113,3 @@ EXPERIMENTS = {
     "pose_w48_384x288": pose_w48_384x288,
     "pose_demo": pose_demo,
 }
-
-
-def task_config(config):
-    """The :class:`~hrnet_jax.tasks.pose.task.PoseTaskConfig` of a loop config, ``model.arch`` resolved."""
-    from hrnet_jax.tasks.pose.task import PoseTaskConfig
-    tc = PoseTaskConfig.from_any(config)
-    overrides = dict(tc.model_overrides)
-    arch = overrides.pop("arch", "")
-    if arch:
-        if arch not in ARCHS:
-            raise ValueError(f"unknown model.arch {arch!r}; known: {sorted(ARCHS)}")
-        overrides["config"] = ARCHS[arch]
-    tc.model_overrides = overrides
-    return tc
-
-
-def build_task(config):
-    from hrnet_jax.tasks.pose import PoseTask
-    task = PoseTask(task_config(config))
-    _check_data(task)
-    return task
-
-
-def _check_data(task) -> None:
-    """A clear error (the expected layout) when a real dataset is not where the config says."""
-    from hrnet_jax.training.config import ConfigError
-    c, p = task.cfg, task.paths
-    if c.synthetic:
-        return
-    missing = [p["val_ann"]] if not os.path.exists(p["val_ann"]) else []
-    if c.eval_boxes == "det" and p["det_file"] and not os.path.exists(p["det_file"]):
-        missing.append(p["det_file"])
-    if missing:
-        raise ConfigError(
-            f"missing {', '.join(missing)}. Expected under task.data_root={c.data_root!r} (COCO layout): "
-            f"{c.train_ann}, {c.val_ann}, {c.train_images}/, {c.val_images}/ and, for eval_boxes='det', "
-            f"task.det_file={c.det_file!r} (the official {os.path.basename(COCO_DET_FILE)}). Set "
-            f"--config.task.data_root=/path/to/coco (or task.det_file / task.eval_boxes=gt).")

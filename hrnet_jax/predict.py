@@ -38,7 +38,6 @@ From Python: ``Predictor(checkpoint).predict(image_rgb, boxes=None)`` → a list
 from __future__ import annotations
 
 import argparse
-import functools
 import glob
 import json
 import os
@@ -51,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax import xla_options
-from hrnet_jax.data import transforms as T
+from hrnet_jax.data.ops import affine as T
 
 __all__ = ["Predictor", "load_checkpoint", "evaluate", "draw_pose", "read_boxes", "main"]
 
@@ -66,14 +65,19 @@ def _latest_step_dir(ckpt_dir: str, step: int | None = None) -> str:
     return os.path.join(ckpt_dir, str(step if step is not None else steps[-1]))
 
 
+def _pose_task(model: dict, task: dict):
+    from hrnet_jax.tasks.pose.task import PoseTask
+    from hrnet_jax.training.config import Config
+    return PoseTask(Config({"model": model, "task": task, "batch_size": 1, "seed": 0}))
+
+
 def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int] | None = None,
                     spec: Any = None):
     """``(task, variables)`` for a training workdir, one of its step folders, or a converted checkpoint folder.
 
     ``task`` is a :class:`~hrnet_jax.tasks.pose.task.PoseTask` with no data attached (it supplies the model,
-    spec, input size, flip test and decoding).
+    spec, input size, flip test and decoding); the architecture comes from the workdir's ``config.json``.
     """
-    from hrnet_jax.tasks.pose.task import PoseTask, PoseTaskConfig
     from hrnet_jax.training.checkpoint import load_variables
 
     path = os.path.abspath(path)
@@ -86,33 +90,29 @@ def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int
             os.path.join(os.path.dirname(os.path.dirname(path)), "config.json")):
         workdir, step_dir = os.path.dirname(os.path.dirname(path)), path
     if workdir is not None:
-        from experiments.pose import task_config
-        from hrnet_jax.training.config import Config
         with open(os.path.join(workdir, "config.json")) as f:
-            cfg = Config(json.load(f))
-        tc = task_config(cfg)
-        tc.synthetic, tc.data_root, tc.det_file = None, "", ""
+            cfg = json.load(f)
+        if (cfg.get("task") or {}).get("name") != "pose":
+            raise ValueError(f"{workdir} was trained for task {(cfg.get('task') or {}).get('name')!r}; predict "
+                             f"handles pose checkpoints")
+        t = dict(cfg["task"])
+        spec_value = spec if spec is not None else t.get("spec", "coco")
+        if isinstance(spec_value, str) and spec_value not in ("coco", "mpii") and not os.path.isabs(spec_value):
+            spec_value = os.path.join(t.get("data_root", ""), spec_value)  # as training resolved it
+        t.update(synthetic={}, data_root="", det_file="", spec=spec_value)
         if input_size:
-            tc.input_size = tuple(int(v) for v in input_size)
-        if spec is not None:
-            tc.spec = spec
-        elif isinstance(tc.spec, str) and tc.spec not in ("coco", "mpii") and not os.path.isabs(tc.spec):
-            tc.spec = os.path.join(cfg.get("task", {}).get("data_root", ""), tc.spec)
+            t["input_size"] = tuple(int(v) for v in input_size)
         state = load_variables(os.path.join(step_dir, "state"))
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-        return PoseTask(tc), variables
+        return _pose_task(cfg["model"], t), variables
     if os.path.isdir(os.path.join(path, "variables")):
         from hrnet_jax.convert import load_variables as load_converted
         variables, meta = load_converted(path)
         overrides = dict(meta.get("overrides") or {})
         num = overrides.pop("num_outputs", None)
-        if overrides.get("arch"):   # a named narrow backbone of experiments.pose.ARCHS (JSON-friendly)
-            from experiments.pose import ARCHS
-            overrides["config"] = ARCHS[overrides.pop("arch")]
-        tc = PoseTaskConfig(model_name=meta.get("model", "pose_hrnet_w32"), model_overrides=overrides,
-                            spec=spec if spec is not None else "coco",
-                            input_size=tuple(int(v) for v in (input_size or (256, 192))))
-        task = PoseTask(tc)
+        model = {"name": meta.get("model", "pose_hrnet_w32"), "dtype": "float32", **overrides}
+        task = _pose_task(model, {"spec": spec if spec is not None else "coco",
+                                  "input_size": tuple(int(v) for v in (input_size or (256, 192)))})
         if num is not None and num != task.spec.num_keypoints:
             raise ValueError(f"the checkpoint has {num} outputs but the spec {task.spec.name!r} has "
                              f"{task.spec.num_keypoints} keypoints: pass --spec")
@@ -149,12 +149,12 @@ class Predictor:
         self.variables = jax.device_put(_layout_like_model(self.model, variables, self.input_size))
         self.batch_size = int(batch_size)
         self.kpt_thre = float(kpt_thre)
-        self.padding = float(task.cfg.box_padding)
+        self.padding = float(task.t.box_padding)
         apply = self.model.apply
 
-        def run(variables, images, center, scale):
-            batch = {"image": images, "center": center, "scale": scale}
-            return task.predict(task.eval_forward(apply, variables, batch), batch)
+        def run(variables, images, center, scale):   # the eval step's preprocess, forward and decoding
+            batch = task.preprocess({"image": images, "center": center, "scale": scale}, None, train=False)
+            return task.predict(task.forward(apply, variables, batch, train=False, rngs=None), batch)
         self._run = jax.jit(run, compiler_options=xla_options.inference())
 
     def crops(self, image_rgb: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +163,7 @@ class Predictor:
         for b in boxes:
             c, s = T.box_to_center_scale(b[:4], w_in / h_in, self.padding)
             trans = T.get_affine_transform(c, s, 0, (w_in, h_in))
-            imgs.append(T.normalize_image(T.warp_image(image_rgb, trans, (w_in, h_in))))
+            imgs.append(T.warp_image(image_rgb, trans, (w_in, h_in)))   # uint8: normalised on the device
             centers.append(c)
             scales.append(s)
         return np.stack(imgs), np.stack(centers).astype(np.float32), np.stack(scales).astype(np.float32)
@@ -226,30 +226,17 @@ def _layout_like_model(model, variables: dict, input_size) -> dict:
 
 
 def evaluate(checkpoint: str, experiment: str, overrides: Sequence[str] = (), step: int | None = None) -> dict:
-    """COCO keypoint evaluation of ``checkpoint`` with ``experiment``'s task (data, boxes, flip test, decoding):
-    the training loop's eval step and evaluator, without training. Returns ``{"AP": ..., ...}``."""
-    import types
-
-    from experiments import build_task, get_experiment
-    from hrnet_jax.train import _evaluate
-    from hrnet_jax.training import sharding as shd
-    from hrnet_jax.training import steps
+    """Evaluation of ``checkpoint`` with ``experiment``'s task and evals (data, boxes, flip test, decoding,
+    COCOeval): :func:`hrnet_jax.training.evaluate.evaluate`, the loop's own evaluation, without training.
+    Returns ``{"<eval>/<metric>": value}`` (e.g. ``val/AP``)."""
+    from experiments import build_task, get_experiment   # the CLI's experiment registry
+    from hrnet_jax.training.evaluate import evaluate as evaluate_task
 
     cfg = get_experiment(experiment, list(overrides))
     task = build_task(cfg)
     _, variables = load_checkpoint(checkpoint, step=step, input_size=task.input_size, spec=task.spec)
-    model = task.build_model()
-    variables = _layout_like_model(model, variables, task.input_size)
-    mesh = shd.make_mesh(None)
-    data_sh = shd.batch_sharding(mesh)
-    state = jax.device_put({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
-                           shd.replicated(mesh))
-
-    @functools.partial(jax.jit, compiler_options=xla_options.inference())
-    def eval_step(v, batch):   # the loop's eval step on a {params, batch_stats} dict
-        return steps.eval_step(types.SimpleNamespace(**v), batch, model=model, task=task)
-    with jax.set_mesh(mesh):
-        return _evaluate(task, eval_step, state, data_sh, cfg.eval_steps)
+    variables = _layout_like_model(task.build_model(), variables, task.input_size)
+    return evaluate_task(task, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
 
 
 def _color(i: int) -> tuple[int, int, int]:

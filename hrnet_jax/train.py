@@ -16,7 +16,8 @@ From Python / a notebook::
     result = train(cfg, "/tmp/run")          # result.state, result.eval_metrics, result.history
 
 The program reads top to bottom: workdir → mesh → task, model, data → optimizer → state and shardings →
-compiled steps → restore / init → loop (log, eval, checkpoint, guards).
+compiled steps → restore / init → loop (log, eval, checkpoint, guards). It knows the task only through the
+contract of :mod:`hrnet_jax.tasks.base` (``config.task.name`` picks the class, or pass ``task=``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ if __name__ == "__main__":  # before JAX loads: XLA's per-step temp buffer on hu
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import signal
@@ -34,20 +34,20 @@ import sys
 import time
 from typing import Any, Sequence
 
-import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from hrnet_jax import xla_options
+from hrnet_jax.data.pipeline import pop_stats
 from hrnet_jax.models.params import restack
 from hrnet_jax.training import checkpoint as ckpt_lib
 from hrnet_jax.training import optim
 from hrnet_jax.training import sharding as shd
 from hrnet_jax.training import steps
 from hrnet_jax.training.config import Config, ConfigError
+from hrnet_jax.training.evaluate import make_eval_step, run_eval
 from hrnet_jax.training.logging import MetricWriter, Progress, Throughput, check_workdir
+from hrnet_jax.training.prefetch import DevicePrefetch, as_iter_dataset
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,52 +58,40 @@ class NonFiniteLossError(FloatingPointError):
 class TrainResult:
     state: steps.TrainState
     history: list  # the rows written to metrics.jsonl (process 0; every process computes them)
-    eval_metrics: dict
+    eval_metrics: dict  # the last evaluation of each named eval, "<eval>/<metric>": value
     preempted: bool = False
+    workdir: str = ""
+    next_command: str = ""  # the task's suggestion of what to run next (e.g. predict on images)
 
 
-def _as_iter_dataset(ds):
-    return ds.to_iter_dataset() if isinstance(ds, grain.MapDataset) else ds
+def _example(task) -> dict:
+    """One row of the task's example batch, numeric fields only (what initialisation traces)."""
+    batch = dict(task.example_batch())
+    pop_stats(batch)
+    return {k: np.asarray(v)[:1] for k, v in batch.items() if shd._is_array(v)}
 
 
-def _first_element(ds):
-    return ds[0] if isinstance(ds, grain.MapDataset) else next(iter(ds))
-
-
-def _host_outputs(outputs: dict, local_batch: dict) -> tuple[dict, dict]:
-    """Device outputs and the host batch → numpy, global over processes, padding rows dropped."""
+def _sum_over_processes(counts: dict) -> dict:
     if jax.process_count() == 1:
-        out = jax.device_get(outputs)
-        batch = dict(local_batch)
-    else:
-        out = multihost_utils.process_allgather(outputs, tiled=True)
-        batch = {k: multihost_utils.process_allgather(np.asarray(v), tiled=True) for k, v in local_batch.items()
-                 if shd._is_array(v)}
-    valid = batch.pop("valid", None)
-    batch.pop("image", None)
-    if valid is not None:
-        valid = np.asarray(valid, bool)
-        keep = lambda a: a[valid] if np.ndim(a) >= 1 and np.shape(a)[0] == len(valid) else a
-        out = jax.tree.map(keep, out)
-        batch = {k: keep(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
-    return out, batch
+        return dict(counts)
+    keys = sorted(counts)
+    vals = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.int64))
+    return dict(zip(keys, np.sum(vals, axis=0).tolist()))
 
 
 def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None = None,
           task: Any = None, quiet: bool = False) -> TrainResult:
-    """Runs (or resumes) ``config`` in ``workdir``. ``devices`` restricts the mesh (default: all devices)."""
+    """Runs (or resumes) ``config`` in ``workdir``. ``devices`` restricts the mesh (default: all devices);
+    ``task`` replaces the one ``config.task.name`` names."""
     cfg = config
     is_main = jax.process_index() == 0
     say = (lambda *a: None) if (quiet or not is_main) else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     # ---------------------------------------------------------------------------------------------- workdir
-    check_workdir(workdir)  # before any compute
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
     for k in ("total_steps", "batch_size", "log_every", "checkpoint_every"):
         if cfg[k] <= 0:
             raise ConfigError(f"{k} must be positive, got {cfg[k]}")
+    check_workdir(workdir)  # before any compute
 
     # ---------------------------------------------------------------------------------------------- mesh
     mesh = shd.make_mesh(devices)
@@ -115,31 +103,34 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
 
     # ---------------------------------------------------------------------------------------------- task, model, data
     if task is None:
-        from experiments import build_task
+        from hrnet_jax.tasks import build_task
         task = build_task(cfg)
     model = task.build_model()
-    train_ds = task.train_dataset(pi, pc)
-    first = _first_element(train_ds)
-    sample = jnp.zeros((1,) + tuple(np.shape(first["image"]))[1:], jnp.float32)
-    train_iter = iter(_as_iter_dataset(train_ds))
+    evals = task.evals()
+    if cfg.best_metric and cfg.best_metric.split("/", 1)[0] not in evals:
+        raise ConfigError(f"best_metric {cfg.best_metric!r} must be '<eval>/<metric>' with <eval> one of "
+                          f"{sorted(evals)}")
+    example = _example(task)
+    train_iter = DevicePrefetch(iter(as_iter_dataset(task.train_dataset(pi, pc))), data_sh,
+                                size=cfg.data.device_prefetch)
 
     # ---------------------------------------------------------------------------------------------- optimizer
-    tx, lr_fn = optim.make_optimizer(cfg.optimizer, cfg.total_steps)
+    abstract_vars = jax.eval_shape(lambda: steps.init_variables(task, model, example, jax.random.PRNGKey(0)))
+    labels = task.param_groups(abstract_vars["params"])
+    tx, lr_fn = optim.make_optimizer(cfg.optimizer, cfg.total_steps, labels)
 
     # ---------------------------------------------------------------------------------------------- state, shardings
-    init_fn = functools.partial(steps.init_state, model, tx, sample, cfg.seed)
+    init_fn = functools.partial(steps.init_state, task, model, tx, example, cfg.seed)
     abstract = jax.eval_shape(init_fn)
     state_sh = shd.state_shardings(abstract, mesh, cfg.sharding.fsdp, cfg.sharding.fsdp_min_bytes)
+    vars_sh = {"params": state_sh.params, "batch_stats": state_sh.batch_stats}
 
     # ---------------------------------------------------------------------------------------------- compiled steps
     train_step = jax.jit(
-        functools.partial(steps.train_step, model=model, loss_fn=task.loss, tx=tx, lr_fn=lr_fn,
+        functools.partial(steps.train_step, task=task, model=model, tx=tx, lr_fn=lr_fn,
                           accum_steps=max(cfg.optimizer.accum_steps, 1)),
         in_shardings=(state_sh, data_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-    # Eval outputs are whatever task.predict returns (per-example arrays, maybe scalars): the compiler
-    # picks their layout; they are gathered to the host anyway.
-    eval_step = jax.jit(functools.partial(steps.eval_step, model=model, task=task),
-                        in_shardings=(state_sh, data_sh), compiler_options=xla_options.inference())
+    eval_steps = {name: make_eval_step(task, model, ev, vars_sh, data_sh) for name, ev in evals.items()}
 
     # ---------------------------------------------------------------------------------------------- restore or init
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints,
@@ -193,15 +184,21 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
         ckpt.save(s, state, train_iter, metrics=metrics)
         last_good = s
 
+    def evaluate(name: str) -> dict:
+        ev = evals[name]
+        res, counts = run_eval(ev, eval_steps[name], state.variables, data_sh)
+        row = {f"{name}/{k}": float(v) for k, v in res.items()}
+        row.update({f"data/{name}/{k}": float(v) for k, v in _sum_over_processes(counts).items()})
+        return row
+
     try:
         with jax.set_mesh(mesh):
             while step < cfg.total_steps:
                 try:
-                    local = next(train_iter)
+                    batch = next(train_iter)
                 except StopIteration:
                     raise ConfigError(f"the train dataset ran out at step {step}: make task.train_dataset "
                                       f"repeat (grain: .shuffle(seed).repeat()); the loop counts steps") from None
-                batch = shd.put_batch(local, data_sh)
                 state, metrics = train_step(state, batch)
                 step += 1
                 pending.append((step, metrics))
@@ -215,27 +212,35 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
                     row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                     row["lr"] = window[-1]["lr"]
                     row["img_per_s"] = speed.tick()
-                    if hasattr(task, "data_stats"):
-                        row.update({f"data/{k}": v for k, v in task.data_stats().items()})
+                    row.update({f"data/{k}": float(v) for k, v in task.data_stats().items()})
+                    row.update({f"data/train/{k}": float(v)
+                                for k, v in _sum_over_processes(train_iter.counts).items()})
                     window.clear()
                     writer.write(step, row)
                     history.append({"step": step, **row})
                     progress.update(0, loss=row["loss"], img_s=round(row["img_per_s"], 1))
 
-                evaluated = False
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    eval_metrics = {f"eval/{k}": float(v) for k, v in _evaluate(task, eval_step, state, data_sh,
-                                                                                cfg.eval_steps).items()}
-                    if cfg.best_metric and f"eval/{cfg.best_metric}" not in eval_metrics:
-                        raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the evaluator's metrics "
-                                          f"{sorted(k[5:] for k in eval_metrics)}")
-                    writer.write(step, eval_metrics)
-                    history.append({"step": step, **eval_metrics})
-                    progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
-                    evaluated = True
+                evaluated = {}
+                for name, ev in evals.items():
+                    if ev.every and step % ev.every == 0:
+                        row = evaluate(name)
+                        evaluated.update(row)
+                        eval_metrics.update({k: v for k, v in row.items() if not k.startswith("data/")})
+                        writer.write(step, row)
+                        history.append({"step": step, **row})
+                        progress.write(f"step {step}: " + ", ".join(
+                            f"{k}={v:.4g}" for k, v in row.items() if not k.startswith("data/")))
+                if cfg.best_metric and evaluated and cfg.best_metric.split("/", 1)[0] in \
+                        {k.split("/", 1)[0] for k in evaluated}:
+                    if cfg.best_metric not in evaluated:
+                        raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the metrics of that eval: "
+                                          f"{sorted(k for k in evaluated if not k.startswith('data/'))}")
+                    best_now = True
+                else:
+                    best_now = False
 
-                if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or (evaluated and cfg.best_metric):
-                    save(step, eval_metrics if evaluated else None)
+                if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or best_now:
+                    save(step, {k: v for k, v in evaluated.items()} if best_now else None)
 
                 if pc > 1 and step % cfg.log_every == 0:  # agree on preemption across processes
                     stop["requested"] = bool(np.any(multihost_utils.process_allgather(
@@ -253,25 +258,13 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
         progress.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-    return TrainResult(state=state, history=history, eval_metrics=eval_metrics, preempted=preempted)
+    return TrainResult(state=state, history=history, eval_metrics=eval_metrics, preempted=preempted,
+                       workdir=workdir, next_command=task.next_command(workdir))
 
 
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-def _evaluate(task, eval_step, state, data_sh, max_steps: int) -> dict:
-    """Runs the task's eval dataset through the jitted eval step; the task's evaluator finishes on the host."""
-    evaluator = task.evaluator()
-    ds = _as_iter_dataset(task.eval_dataset(jax.process_index(), jax.process_count()))
-    for i, local in enumerate(ds):
-        if max_steps and i >= max_steps:
-            break
-        outputs = eval_step(state, shd.put_batch(local, data_sh))
-        out, batch = _host_outputs(outputs, local)
-        evaluator.add(out, batch)
-    return evaluator.result()
 
 
 def _init_from(state, state_sh, path: str, mode: str, say):
@@ -372,7 +365,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if result.preempted:
         print(f"preempted at step {int(result.state.step)}; rerun the same command to resume", file=sys.stderr)
+        return 0
+    if jax.process_index() == 0:
+        print(summary_line(cfg, result), file=sys.stderr)
     return 0
+
+
+def summary_line(cfg: Config, result: TrainResult) -> str:
+    """One closing line: final metrics, where the checkpoints are, what to try next."""
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.eval_metrics.items())) or "no evaluation run"
+    last = next((r for r in reversed(result.history) if "loss" in r), None)
+    loss = f"loss {last['loss']:.4g}, " if last else ""
+    ckpts = os.path.join(result.workdir, "checkpoints")
+    nxt = result.next_command or (f"the same command with --config.total_steps=N continues this run")
+    return (f"done: step {int(result.state.step)}, {loss}{metrics}; checkpoints in {ckpts}; next: {nxt}")
 
 
 if __name__ == "__main__":

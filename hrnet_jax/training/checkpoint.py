@@ -22,9 +22,8 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, best_metric: str = "", best_mode: str = "max",
                  async_save: bool = True):
         policies = [cm.LatestN(n=keep)]
-        if best_metric:
-            key = f"eval/{best_metric}"
-            policies.append(cm.BestN(get_metric_fn=lambda m: m[key], reverse=best_mode == "min", n=1,
+        if best_metric:  # "<eval name>/<metric>", a key of the metrics passed to save()
+            policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
@@ -78,6 +77,16 @@ def load_variables(path: str) -> dict:
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "variables")):
         path = os.path.join(path, "variables")
+    import absl.logging  # Orbax warns about the step-level metadata file of a training checkpoint's item
+    verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        return _load_tree(path)
+    finally:
+        absl.logging.set_verbosity(verbosity)
+
+
+def _load_tree(path: str) -> dict:
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta

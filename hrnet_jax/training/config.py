@@ -117,6 +117,15 @@ def coerce(current: Any, value: Any, path: str = "value") -> Any:
                           f" (current value {current!r}){why}")
 
     if isinstance(current, Config):
+        if isinstance(value, str):  # a dict literal: "{}" empties the group (e.g. task.synthetic={}); an open
+            try:                    # (empty) group takes any keys; otherwise its keys are set one by one
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                fail(" (it is a group of settings: set its fields one by one, or give a dict literal)")
+            if not isinstance(value, Mapping):
+                fail(" (it is a group of settings: set its fields one by one, or give a dict literal)")
+            if not current or not value:
+                return Config(value)
         if isinstance(value, Mapping):
             out = current.copy()
             for k, v in value.items():

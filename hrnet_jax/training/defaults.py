@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from hrnet_jax.training.config import Config
 
-REQUIRED = ("total_steps", "batch_size", "seed", "log_every", "eval_every", "checkpoint_every")
+REQUIRED = ("total_steps", "batch_size", "seed", "log_every", "evals", "checkpoint_every")
 
 
 def default_config(**updates: Any) -> Config:
@@ -17,11 +17,13 @@ def default_config(**updates: Any) -> Config:
         total_steps=1000,  # optimizer steps (loop iterations)
         batch_size=32,  # global, over all processes and devices
         log_every=50,
-        eval_every=0,  # 0 = never (the end of training is not special: set eval_every to total_steps)
-        eval_steps=0,  # batches per evaluation; 0 = the whole eval dataset
+        # named evaluations {name: {every, steps, ...task fields}}; the task's evals() builds them. every: train
+        # steps between passes (0 = never; the end of training is not special: set every to total_steps);
+        # steps: batches per pass (0 = the whole eval dataset). Metrics are logged as "<name>/<metric>".
+        evals=dict(),
         checkpoint_every=1000,
         keep_checkpoints=3,  # most recent N
-        best_metric="",  # e.g. "AP": also keep the best checkpoint by eval/<best_metric>
+        best_metric="",  # "<eval>/<metric>", e.g. "val/AP": also keep the best checkpoint by it
         best_mode="max",  # or "min"
         init_from="",  # Orbax checkpoint of {params, batch_stats} used when the workdir has no checkpoint
         init_from_mode="full",  # "full": every variable must match; "matching": take matching keys only
@@ -50,13 +52,19 @@ def default_config(**updates: Any) -> Config:
             warmup_init_lr=0.0,
             grad_clip_norm=0.0,  # > 0: clip by global norm
             accum_steps=1,  # > 1: optax.MultiSteps gradient accumulation (schedule counts updates)
+            # per parameter group of the task's param_groups(): {label: {lr_mult, weight_decay, frozen}}
+            groups=dict(),
         ),
         sharding=dict(
             fsdp=False,  # shard big params (and their optimizer state) over the data axis
             fsdp_min_bytes=4 * 2 ** 20,  # only tensors at least this big
         ),
-        data=dict(),
-        task=dict(),
+        data=dict(
+            device_prefetch=2,  # batches transferred to the device ahead of the step that uses them
+        ),
+        task=dict(
+            name="",  # hrnet_jax.tasks.TASKS key, or "package.module:Class"
+        ),
     )
     return Config(merge(base, updates))
 

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,13 +41,9 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(o: Config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    lr = make_schedule(o, total_steps)
-    mask = None if o.decay_bn_bias else _decay_mask
+def _transform(o: Config, lr: optax.Schedule, wd: float, mask) -> optax.GradientTransformation:
+    """Weight decay (l2 or decoupled), SGD momentum / Adam moments, the learning rate."""
     parts = []
-    if o.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-    wd = o.weight_decay
     if wd and o.weight_decay_style == "l2":  # PyTorch: grad += wd * param, before momentum / Adam moments
         parts.append(optax.add_decayed_weights(wd, mask))
     elif wd and o.weight_decay_style != "decoupled":
@@ -59,7 +57,48 @@ def make_optimizer(o: Config, total_steps: int) -> tuple[optax.GradientTransform
     if wd and o.weight_decay_style == "decoupled":  # AdamW: lr * wd * param, after the moments
         parts.append(optax.add_decayed_weights(wd, mask))
     parts.append(optax.scale_by_learning_rate(lr))
-    tx = optax.chain(*parts)
+    return optax.chain(*parts)
+
+
+GROUP_FIELDS = {"lr_mult": 1.0, "weight_decay": -1.0, "frozen": False}  # weight_decay < 0: the optimizer's
+
+
+def make_optimizer(o: Config, total_steps: int, labels: Any = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer of the ``optimizer`` config group, and its learning-rate schedule.
+
+    ``labels`` (a task's ``param_groups(params)``: a pytree of strings shaped like the params, or a function of
+    the params returning one) splits the parameters into groups; ``o.groups[label]`` may set ``lr_mult``,
+    ``weight_decay`` (< 0: the optimizer's) and ``frozen`` (no update at all). Gradient clipping stays global.
+    """
+    lr = make_schedule(o, total_steps)
+    mask = None if o.decay_bn_bias else _decay_mask
+    settings = {k: dict(v) for k, v in (o.get("groups") or {}).items()}
+    for name, g in settings.items():
+        bad = set(g) - set(GROUP_FIELDS)
+        if bad:
+            raise ConfigError(f"optimizer.groups.{name}: unknown field(s) {sorted(bad)}; valid: {sorted(GROUP_FIELDS)}")
+    if labels is None:
+        if settings:
+            raise ConfigError(f"optimizer.groups {sorted(settings)} set, but the task defines no parameter groups")
+        main = _transform(o, lr, o.weight_decay, mask)
+    else:
+        names = sorted(set(jax.tree.leaves(labels))) if not callable(labels) else sorted(settings) or ["default"]
+        unknown = sorted(set(settings) - set(names))
+        if unknown and not callable(labels):
+            raise ConfigError(f"optimizer.groups {unknown} are not parameter groups of this task; its groups: {names}")
+        transforms = {}
+        for name in set(names) | set(settings):
+            g = {**GROUP_FIELDS, **settings.get(name, {})}
+            if g["frozen"]:
+                transforms[name] = optax.set_to_zero()
+                continue
+            mult = float(g["lr_mult"])
+            group_lr = lr if mult == 1.0 else (lambda step, m=mult: lr(step) * m)
+            wd = o.weight_decay if g["weight_decay"] < 0 else g["weight_decay"]
+            transforms[name] = _transform(o, group_lr, wd, mask)
+        main = optax.multi_transform(transforms, labels)
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), main) if o.grad_clip_norm > 0 else main
     if o.accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=o.accum_steps)
     return tx, lr

@@ -1,19 +1,44 @@
-"""The classification task: model, grain pipelines, softmax cross-entropy, top-k evaluator."""
+"""Image classification on the contract of :mod:`hrnet_jax.tasks.base`: softmax cross-entropy (optionally
+label-smoothed), device-side top-1 / top-5 accuracy. Data: the synthetic coloured shapes
+(:class:`hrnet_jax.data.sources.shapes.SyntheticShapes`) through the one pipeline builder; uint8 on the wire,
+normalised on the device.
+"""
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hrnet_jax.tasks.classification.data import Padded, SyntheticShapes
-from hrnet_jax.training.config import Config
+from hrnet_jax.data import pipeline
+from hrnet_jax.data.sources.shapes import SyntheticShapes
+from hrnet_jax.tasks.base import Task
+from hrnet_jax.tasks.model_config import build_hrnet
+from hrnet_jax.training.config import Config, ConfigError
+from hrnet_jax.training.defaults import merge
+from hrnet_jax.training.metrics import Accuracy
 from hrnet_jax.training.precision import compute_dtype
+
+DEFAULTS = dict(
+    name="classification",
+    num_classes=8,
+    image_size=32,
+    train_examples=4096,
+    eval_examples=256,
+    label_smoothing=0.0,
+    read_threads=1,
+    read_prefetch_batches=2,
+)
+
+
+def task_defaults(**changes) -> dict:
+    unknown = sorted(set(changes) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown classification task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    return merge(DEFAULTS, changes)
 
 
 class TinyCNN(nn.Module):
@@ -35,75 +60,71 @@ class TinyCNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
 
-class TopKEvaluator:
-    """Top-1 / top-5 accuracy (in %) from the ``topk`` class indices that :meth:`ClassificationTask.predict`
-    returns."""
-
-    def __init__(self):
-        self.n = 0
-        self.hits = {1: 0, 5: 0}
-
-    def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
-        topk, labels = np.asarray(outputs["topk"]), np.asarray(batch["label"])
-        for k in self.hits:
-            self.hits[k] += int(np.sum(np.any(topk[:, :k] == labels[:, None], axis=1)))
-        self.n += len(labels)
-
-    def result(self) -> dict[str, float]:
-        return {f"top{k}": 100.0 * h / max(self.n, 1) for k, h in self.hits.items()}
-
-
-class ClassificationTask:
-    """Settings: ``config.task`` = {num_classes, image_size, train_examples, eval_examples, label_smoothing};
-    ``config.model`` = {name: "tiny_cnn" | an ``hrnet_jax.models`` classification name, dtype, width}."""
+class ClassificationTask(Task):
+    """``config.task``: :data:`DEFAULTS`; ``config.model``: ``{name: "tiny_cnn" | an hrnet_jax.models
+    classification name, dtype, width (tiny_cnn), arch, ...}``."""
     name = "classification"
 
     def __init__(self, config: Config):
-        self.config = config
-        self.t = config.task
+        super().__init__(config)
+        given = dict(config.get("task") or {})
+        unknown = sorted(set(given) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown classification task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
+        self.t = Config(merge(DEFAULTS, given))
+        self.read = pipeline.ReadConfig(num_threads=self.t.read_threads,
+                                        prefetch_batches=self.t.read_prefetch_batches)
 
     # -- model -------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        m = self.config.model
-        dtype = compute_dtype(m.dtype)
-        if m.name == "tiny_cnn":
-            return TinyCNN(num_classes=self.t.num_classes, width=m.get("width", 16), dtype=dtype)
-        from hrnet_jax import models  # the HRNet family
-        extra = {k: v for k, v in m.items() if k not in ("name", "dtype", "width")}
-        return models.create(m.name, num_classes=self.t.num_classes, dtype=dtype, **extra)
+        m = self.config["model"]
+        if m["name"] == "tiny_cnn":
+            return TinyCNN(num_classes=self.t.num_classes, width=m.get("width", 16),
+                           dtype=compute_dtype(m.get("dtype", "float32")))
+        return build_hrnet({k: v for k, v in m.items() if k != "width"}, num_classes=self.t.num_classes)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _local_batch(self, process_count: int) -> int:
-        if self.config.batch_size % process_count:
-            raise ValueError(f"batch_size {self.config.batch_size} is not divisible by {process_count} processes")
-        return self.config.batch_size // process_count
+    def _local_batch(self, global_batch: int, process_count: int) -> int:
+        if global_batch % process_count:
+            raise ConfigError(f"batch size {global_batch} is not divisible by {process_count} processes")
+        return global_batch // process_count
+
+    def _source(self, train: bool) -> SyntheticShapes:
+        seed = self.config.get("seed", 0)
+        if train:
+            return SyntheticShapes(self.t.train_examples, self.t.num_classes, self.t.image_size, seed=seed)
+        return SyntheticShapes(self.t.eval_examples, self.t.num_classes, self.t.image_size, seed=seed + 1_000_003)
 
     def train_dataset(self, process_index: int, process_count: int):
-        src = SyntheticShapes(self.t.train_examples, self.t.num_classes, self.t.image_size, seed=self.config.seed)
-        ds = grain.MapDataset.source(src).shuffle(seed=self.config.seed).repeat()
-        return ds[process_index::process_count].batch(self._local_batch(process_count), drop_remainder=True)
+        src = self._source(True)
+        return pipeline.train_dataset(len(src), lambda i, rng: src[i],
+                                      batch_size=self._local_batch(self.config["batch_size"], process_count),
+                                      seed=self.config.get("seed", 0), process_index=process_index,
+                                      process_count=process_count, read=self.read)
 
-    def eval_dataset(self, process_index: int, process_count: int):
-        src = SyntheticShapes(self.t.eval_examples, self.t.num_classes, self.t.image_size,
-                              seed=self.config.seed + 1_000_003)
-        gb = self.config.batch_size
-        ds = grain.MapDataset.source(Padded(src, math.ceil(len(src) / gb) * gb))
-        return ds[process_index::process_count].batch(self._local_batch(process_count))
+    def eval_dataset(self, name: str, process_index: int, process_count: int):
+        src = self._source(False)
+        return pipeline.eval_dataset(len(src), lambda i: src[i],
+                                     batch_size=self._local_batch(self.config["batch_size"], process_count),
+                                     process_index=process_index, process_count=process_count, read=self.read)
 
-    # -- device-side pieces ------------------------------------------------------------------------------
+    # -- device side -------------------------------------------------------------------------------------
     def loss(self, preds: jax.Array, batch: Mapping[str, jax.Array]):
         labels = batch["label"]
         onehot = jax.nn.one_hot(labels, preds.shape[-1])
-        ls = self.t.label_smoothing
-        if ls:
-            onehot = optax.smooth_labels(onehot, ls)
+        if self.t.label_smoothing:
+            onehot = optax.smooth_labels(onehot, self.t.label_smoothing)
         loss = jnp.mean(optax.softmax_cross_entropy(preds, onehot))
         acc = jnp.mean((jnp.argmax(preds, -1) == labels).astype(jnp.float32))
         return loss, {"accuracy": acc}
 
-    def predict(self, preds: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        _, topk = jax.lax.top_k(preds, min(5, preds.shape[-1]))
-        return {"topk": topk}
+    def metrics(self, preds: jax.Array, batch: Mapping[str, jax.Array]) -> dict:
+        valid = batch.get("valid")
+        return {"top1": Accuracy.from_logits(preds, batch["label"], 1, valid),
+                "top5": Accuracy.from_logits(preds, batch["label"], 5, valid)}
 
-    def evaluator(self) -> TopKEvaluator:
-        return TopKEvaluator()
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Top-k accuracy (%) worked out on the host with numpy (a reference for tests)."""
+    order = np.argsort(-np.asarray(logits), axis=-1)[:, :k]
+    return 100.0 * float(np.mean(np.any(order == np.asarray(labels)[:, None], axis=1)))

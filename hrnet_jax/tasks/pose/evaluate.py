@@ -183,13 +183,16 @@ class PoseEvaluator:
         self._parts: dict[str, list[np.ndarray]] = defaultdict(list)
         self.results: list[dict] = []
 
-    def add(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        kp = np.asarray(outputs["keypoints"])
-        valid = np.asarray(batch["valid"], dtype=bool).reshape(-1) if "valid" in batch else np.ones(len(kp), bool)
+    def add(self, outputs: Mapping[str, Any], batch: Mapping[str, Any] | None = None) -> None:
+        """One batch of host arrays: ``keypoints``, ``maxvals``, ``center``, ``scale``, ``score``, ``image_id`` (from
+        ``outputs``, or ``batch`` when given), rows with ``valid`` False left out."""
+        src = {**(batch or {}), **outputs}
+        kp = np.asarray(src["keypoints"])
+        valid = np.asarray(src["valid"], dtype=bool).reshape(-1) if "valid" in src else np.ones(len(kp), bool)
         self._parts["keypoints"].append(kp[valid])
-        self._parts["maxvals"].append(np.asarray(outputs["maxvals"]).reshape(len(kp), -1)[valid])
+        self._parts["maxvals"].append(np.asarray(src["maxvals"]).reshape(len(kp), -1)[valid])
         for key in ("center", "scale", "score", "image_id"):
-            self._parts[key].append(np.asarray(batch[key])[valid])
+            self._parts[key].append(np.asarray(src[key])[valid])
 
     def num_instances(self) -> int:
         return int(sum(len(a) for a in self._parts.get("image_id", [])))
