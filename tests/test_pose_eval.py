@@ -10,11 +10,11 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from hrnet_jax.data.coco_keypoints import CocoKeypointSource
-from hrnet_jax.data.synthetic_pose import generate_synthetic_pose_dataset
+from hrnet_jax.data.sources.coco_keypoints import CocoKeypointSource
+from hrnet_jax.data.synthetic.pose import generate_synthetic_pose_dataset
 from hrnet_jax.tasks.pose.evaluate import PoseEvaluator, STAT_NAMES, oks_iou, oks_nms, rescore
 from hrnet_jax.tasks.pose.loss import joints_mse_loss, joints_ohkm_mse_loss
-from hrnet_jax.tasks.pose.spec import COCO17, KeypointSpec
+from hrnet_jax.data.keypoints import COCO17, KeypointSpec
 
 SPEC5 = KeypointSpec(name="star5", keypoints=("center", "left_arm", "right_arm", "left_leg", "right_leg"),
                      flip_pairs=((1, 2), (3, 4)), skeleton=((0, 1), (0, 2), (0, 3), (0, 4)),

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrnet_jax.data import transforms as T
+from hrnet_jax.data.ops import affine as T
 from hrnet_jax.tasks.pose import decode as D
 from hrnet_jax.tasks.pose.pipeline import AugmentConfig, train_example
-from hrnet_jax.tasks.pose.spec import COCO17, KeypointSpec
+from hrnet_jax.data.keypoints import COCO17, KeypointSpec
 from hrnet_jax.tasks.pose.targets import generate_heatmaps
 
 
@@ -182,7 +182,8 @@ def test_flip_image_and_pairs_equals_mirrored_keypoints(flip):
             return 0.0
 
     ex = train_example(rec, img, FixedRng(), COCO17, (256, 192), (64, 48), 2.0, aug)
-    crop = ex["image"] * T.IMAGENET_STD + T.IMAGENET_MEAN   # back to [0, 1] RGB
+    crop = ex["image"].astype(np.float32) / 255.0   # uint8 RGB crop -> [0, 1]
+    assert ex["image"].dtype == np.uint8 and ex["image"].shape == (256, 192, 3)
     perm = COCO17.flip_permutation()
     for k in range(17):
         x, y = ex["joints"][k]

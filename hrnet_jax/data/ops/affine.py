@@ -12,51 +12,17 @@ official checkpoints reproduce their numbers:
 * ``warp_image`` (cv2.warpAffine, INTER_LINEAR, constant 0 border) and ``affine_points`` with the same matrix.
 * ``fliplr_joints`` (``x' = width - x - 1`` and swapping the flip pairs), ``half_body_center_scale`` (with the
   official ``randn() < 0.5`` quirk), ``random_scale_factor``, ``random_rotation``.
-* ``read_image_rgb`` (cv2 decode, BGR -> RGB) raising :class:`ImageReadError` for missing or corrupt files, and
-  ``normalize_image`` (/255 then ImageNet mean/std).
 
 Random draws take an explicit ``numpy.random.Generator`` so that a pipeline is deterministic per seed.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import cv2
 import numpy as np
 
 PIXEL_STD = 200.0
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-class ImageReadError(IOError):
-    """A missing, unreadable or undecodable image; ``reason`` is "missing_image" or "corrupt_image"."""
-
-    def __init__(self, message: str, reason: str = "corrupt_image"):
-        super().__init__(message)
-        self.reason = reason
-
-
-def read_image_rgb(path: str) -> np.ndarray:
-    """Decodes an image file with OpenCV (colour, EXIF orientation ignored as in the official code) to RGB uint8."""
-    if not os.path.isfile(path):
-        raise ImageReadError(f"missing image {path}", "missing_image")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(f"cannot read image {path}: {e}", "corrupt_image") from e
-    img = None
-    if data.size:
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ImageReadError(f"cannot decode image {path}", "corrupt_image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def normalize_image(img_rgb_uint8: np.ndarray) -> np.ndarray:
-    """HWC uint8 RGB -> float32 ``(x/255 - mean) / std`` (ImageNet statistics)."""
-    return (img_rgb_uint8.astype(np.float32) * (1.0 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def box_to_center_scale(box: Sequence[float], aspect_ratio: float, padding: float = 1.25,

@@ -14,7 +14,7 @@ Boxes:
   ``score``, ``image_id``, ``category_id``); only ``category_id`` == the spec's category (1) and
   ``score >= det_score_thre`` are kept.
 
-Each box becomes (center, scale) with :func:`hrnet_jax.data.transforms.box_to_center_scale` (aspect ratio = input
+Each box becomes (center, scale) with :func:`hrnet_jax.data.ops.affine.box_to_center_scale` (aspect ratio = input
 W/H, ×1.25, pixel_std 200). Everything skipped while building the index is counted in ``source.stats``.
 """
 from __future__ import annotations

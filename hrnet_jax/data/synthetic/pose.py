@@ -7,7 +7,10 @@
     root/annotations/person_detections_val.json          (COCO results format: jittered GT boxes + false
                                                           positives, with scores, to exercise the det-box path)
     root/spec.json                                       (the KeypointSpec)
-    root/DONE.json                                       (generation parameters; present = complete)
+    root/.hrnet_jax_synthetic.json                       (marker: generation parameters, complete flag)
+
+It writes only into an absent or empty folder (or one it wrote before, see ``MARKER``): an existing user dataset
+is never overwritten.
 
 Each image has 1..``max_people`` figures. A figure is a template pose (a human template for COCO-17; for any other
 spec, a left/right-symmetric random layout derived from the keypoint names, with flip pairs mirrored) that is
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from collections import deque
 from typing import Sequence
@@ -326,49 +330,127 @@ def jittered_detections(coco: dict, seed: int = 0, category_id: int = 1, fp_per_
     return dets
 
 
+MARKER = ".hrnet_jax_synthetic.json"
+_GENERATOR = "hrnet_jax.data.synthetic.pose"
+_OWN_FILE = re.compile(r"^(spec\.json|DONE\.json|annotations/person_(keypoints_(train|val)|detections_val)\.json|"
+                       r"images/(train|val)/\d{12}\.jpg)$")
+
+
+class SyntheticFolderError(FileExistsError):
+    """The target folder holds files this generator did not write: it is left untouched."""
+
+
+def _params(spec: KeypointSpec, num_train, num_val, image_size_hw, max_people, height_range, seed) -> dict:
+    p = dict(spec=spec.to_dict(), num_train=int(num_train), num_val=int(num_val),
+             image_size_hw=[int(v) for v in image_size_hw], max_people=int(max_people),
+             height_range=[float(v) for v in height_range], seed=int(seed))
+    return json.loads(json.dumps(p))
+
+
+def _paths(root: str) -> dict:
+    ann = os.path.join(root, "annotations")
+    return dict(root=root, train_ann=os.path.join(ann, "person_keypoints_train.json"),
+                val_ann=os.path.join(ann, "person_keypoints_val.json"),
+                train_images=os.path.join(root, "images", "train"), val_images=os.path.join(root, "images", "val"),
+                val_det=os.path.join(ann, "person_detections_val.json"))
+
+
+def _files(root: str) -> list[str]:
+    out = []
+    for d, _, names in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/") for n in names]
+    return sorted(out)
+
+
+def _read_marker(root: str) -> dict | None:
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        m = None
+    if isinstance(m, dict) and m.get("generator") == _GENERATOR:
+        return m
+    try:  # a folder of the earlier generator version, marked complete by DONE.json (its parameters)
+        with open(os.path.join(root, "DONE.json")) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(done, dict) and set(done) == {"spec", "num_train", "num_val", "image_size_hw", "max_people",
+                                                "height_range", "seed"}:
+        return dict(generator=_GENERATOR, params=done, complete=True, counts={})
+    return None
+
+
+def _write_marker(root: str, params: dict, complete: bool, counts: dict | None = None) -> None:
+    tmp = os.path.join(root, MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(dict(generator=_GENERATOR, params=params, complete=complete, counts=counts or {}), f, indent=1)
+    os.replace(tmp, os.path.join(root, MARKER))
+
+
+def _claim(root: str, params: dict) -> dict | None:
+    """Makes ``root`` ours to write; returns the marker when it already holds this exact, complete dataset."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise SyntheticFolderError(f"{root} is a file, not a folder: point the synthetic data_root at a new or "
+                                   f"empty folder")
+    os.makedirs(root, exist_ok=True)
+    files = _files(root)
+    marker = _read_marker(root)
+    if marker is None:
+        if files:
+            raise SyntheticFolderError(
+                f"{root} is not empty and was not written by the synthetic pose generator (no {MARKER}); it only "
+                f"writes into an absent or empty folder, so nothing was changed. Point data_root at a new or empty "
+                f"folder for synthetic data, or turn synthetic off to use the dataset in {root}.")
+    else:
+        foreign = [f for f in files if f not in (MARKER, MARKER + ".tmp") and not _OWN_FILE.match(f)]
+        if marker.get("params") == params and marker.get("complete"):
+            if all(os.path.isfile(p) for k, p in _paths(root).items() if k != "root"):
+                return marker
+        if foreign:
+            raise SyntheticFolderError(
+                f"{root} holds a synthetic pose dataset of other parameters (or an incomplete one) and files the "
+                f"generator did not write ({foreign[:3]}...); nothing was changed. Use a new or empty folder, or "
+                f"remove the folder to regenerate.")
+        for f in files:  # only our own files: regenerate from scratch
+            if f != MARKER:
+                os.remove(os.path.join(root, f))
+    _write_marker(root, params, complete=False)
+    return None
+
+
 def generate_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, num_train: int = 500, num_val: int = 100,
                                     image_size_hw: Sequence[int] = (256, 256), max_people: int = 3,
                                     height_range: Sequence[float] = (0.3, 0.9), seed: int = 0) -> dict:
-    """Writes the dataset (see module docstring); returns the paths and counts."""
-    params = dict(spec=spec.to_dict(), num_train=num_train, num_val=num_val, image_size_hw=list(image_size_hw),
-                  max_people=max_people, height_range=list(height_range), seed=seed)
-    ann_dir = os.path.join(root, "annotations")
-    os.makedirs(ann_dir, exist_ok=True)
-    out = dict(root=root)
+    """Writes the dataset (see module docstring) into ``root`` and returns the paths and counts.
+
+    ``root`` must be absent, empty, or a folder this generator wrote (marked by :data:`MARKER`, which holds the
+    generation parameters); a complete folder of the same parameters is reused as it is. Any other folder is
+    refused with :class:`SyntheticFolderError` and left untouched.
+    """
+    params = _params(spec, num_train, num_val, image_size_hw, max_people, height_range, seed)
+    marker = _claim(root, params)
+    out = _paths(root)
+    if marker is not None:
+        out.update(marker.get("counts", {}))
+        return out
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    counts = {}
     for split, n, first in (("train", num_train, 1), ("val", num_val, 500000)):
         coco = generate_split(root, split, n, spec, image_size_hw, max_people, tuple(height_range), seed, first)
-        path = os.path.join(ann_dir, f"person_keypoints_{split}.json")
-        with open(path, "w") as f:
+        with open(out[f"{split}_ann"], "w") as f:
             json.dump(coco, f)
-        out[f"{split}_ann"] = path
-        out[f"{split}_images"] = os.path.join(root, "images", split)
-        out[f"num_{split}_instances"] = len(coco["annotations"])
+        counts[f"num_{split}_instances"] = len(coco["annotations"])
         if split == "val":
-            det_path = os.path.join(ann_dir, "person_detections_val.json")
-            with open(det_path, "w") as f:
+            with open(out["val_det"], "w") as f:
                 json.dump(jittered_detections(coco, seed, spec.category_id), f)
-            out["val_det"] = det_path
     with open(os.path.join(root, "spec.json"), "w") as f:
         json.dump(spec.to_dict(), f, indent=1)
-    with open(os.path.join(root, "DONE.json"), "w") as f:
-        json.dump(params, f, indent=1)
+    _write_marker(root, params, complete=True, counts=counts)
+    out.update(counts)
     return out
 
 
 def ensure_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, **kwargs) -> dict:
-    """Generates the dataset unless ``root/DONE.json`` records the same parameters."""
-    params = dict(spec=spec.to_dict(), num_train=kwargs.get("num_train", 500), num_val=kwargs.get("num_val", 100),
-                  image_size_hw=list(kwargs.get("image_size_hw", (256, 256))),
-                  max_people=kwargs.get("max_people", 3), height_range=list(kwargs.get("height_range", (0.3, 0.9))),
-                  seed=kwargs.get("seed", 0))
-    done = os.path.join(root, "DONE.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            if json.load(f) == json.loads(json.dumps(params)):
-                ann = os.path.join(root, "annotations")
-                return dict(root=root, train_ann=os.path.join(ann, "person_keypoints_train.json"),
-                            val_ann=os.path.join(ann, "person_keypoints_val.json"),
-                            train_images=os.path.join(root, "images", "train"),
-                            val_images=os.path.join(root, "images", "val"),
-                            val_det=os.path.join(ann, "person_detections_val.json"))
+    """:func:`generate_synthetic_pose_dataset` (which reuses a complete folder of the same parameters)."""
     return generate_synthetic_pose_dataset(root, spec, **kwargs)

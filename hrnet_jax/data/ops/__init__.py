@@ -1,0 +1,1 @@
+"""Host-side example operations: ``image`` (reading RGB uint8, ImageNet statistics), ``affine`` (crop geometry)."""

@@ -1,0 +1,2 @@
+"""Random-access record sources (``len`` / ``[index]``): ``coco_keypoints`` (CocoKeypointSource), ``shapes``
+(SyntheticShapes)."""

@@ -1,0 +1,1 @@
+"""Generators of synthetic datasets on disk: ``pose`` (COCO-format keypoints)."""
