@@ -79,26 +79,13 @@ class LoadReport:
 
 def load_state_dict(src: Any) -> dict[str, np.ndarray]:
     """Reads a checkpoint (path or mapping) into a flat ``{torch key: numpy array}`` dict, normalised."""
+    where = ""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
-        if not os.path.exists(path):
-            raise FileNotFoundError(path)
-        if path.endswith(".safetensors"):
-            from safetensors.numpy import load_file
-            src = load_file(path)
-        else:
-            try:
-                import torch
-            except ImportError as e:  # torch is an optional extra
-                raise ImportError("reading .pth files needs PyTorch: pip install 'hrnet_jax[torch]'") from e
-            try:
-                src = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # UnpicklingError and friends: refuse anything that is not plain weights
-                raise ValueError(f"{path} is not a plain weights file (torch.load(weights_only=True) refused "
-                                 f"it: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Only "
-                                 f"state dicts of tensors are accepted.") from e
+        where = f"{path}: "
+        src = _read_checkpoint_file(path)
     if not isinstance(src, Mapping):
-        raise ValueError(f"expected a state dict (a mapping of names to tensors), got {type(src).__name__}")
+        raise ValueError(f"{where}expected a state dict (a mapping of names to tensors), got {type(src).__name__}")
     for k in _CONTAINER_KEYS:  # checkpoint containers: {'state_dict': {...}, 'epoch': ...}
         if k in src and isinstance(src[k], Mapping):
             src = src[k]
@@ -106,7 +93,7 @@ def load_state_dict(src: Any) -> dict[str, np.ndarray]:
     out = {}
     for key, value in src.items():
         if not hasattr(value, "shape"):
-            raise ValueError(f"entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise ValueError(f"{where}entry {key!r} is a {type(value).__name__}, not a tensor")
         for prefix in ("module.", "model.", "backbone.", "neck."):  # DataParallel, SEG FullModel, mmdet
             while key.startswith(prefix):
                 key = key[len(prefix):]
@@ -116,6 +103,54 @@ def load_state_dict(src: Any) -> dict[str, np.ndarray]:
             value = value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
         out[key] = np.asarray(value)
     return out
+
+
+def _one_line(e: BaseException, prefer: str = "") -> str:
+    """``Type: message`` of an exception on one line (the line matching ``prefer`` if there is one)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    pick = next((ln for ln in lines if prefer and prefer.lower() in ln.lower()), lines[0] if lines else "")
+    pick = pick if len(pick) <= 300 else pick[:297] + "..."
+    return f"{type(e).__name__}: {pick}" if pick else type(e).__name__
+
+
+def _read_checkpoint_file(path: str) -> Any:
+    """``torch.load(weights_only=True)`` / safetensors of ``path``; every failure is one ``ValueError`` /
+    ``FileNotFoundError`` / ``PermissionError`` line naming the file and the problem."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, not a checkpoint file (.pth / .pth.tar / .safetensors)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise PermissionError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise ValueError(f"{path}: the file is empty (an interrupted download or copy?)")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError is not a ValueError
+            raise ValueError(f"{path}: not a readable .safetensors file, truncated or corrupt ({_one_line(e)})"
+                             ) from None
+    try:
+        import torch
+    except ImportError as e:  # torch is an optional extra
+        raise ImportError(f"{path}: reading .pth files needs PyTorch: pip install 'hrnet_jax[torch]'") from e
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():  # refuse anything that is not plain weights
+            raise ValueError(f"{path} is not a plain weights file (torch.load(weights_only=True) refused it: "
+                             f"{_one_line(e, prefer='unsupported global')}). Only state dicts of tensors are "
+                             f"accepted.") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_one_line(e)})"
+                         ) from None
+    except Exception as e:  # a cut-off zip (OSError), a damaged pickle (EOFError, KeyError, RuntimeError...)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_one_line(e)})"
+                         ) from None
 
 
 def _abstract(model, input_hw=(64, 64)):
@@ -232,20 +267,55 @@ def main(argv=None) -> int:
     p.add_argument("--num-outputs", type=int, default=None, help="classes / joints, if not the default")
     a = p.parse_args(argv)
     overrides = {} if a.num_outputs is None else {"num_outputs": a.num_outputs}
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    out = os.path.abspath(a.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        return fail(f"--out {a.out}: exists and is not a directory")
     try:
-        registry.resolve_name(a.model)
+        name = registry.resolve_name(a.model)
+    except (KeyError, ValueError) as e:
+        return fail(f"--model {a.model}: {e.args[0] if e.args else e}")
+    try:
         variables, report = torch_to_flax(a.src, a.model, backbone_only=a.backbone_only,
                                           strict=not a.non_strict, return_report=True, **overrides)
-    except (CheckpointMismatchError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CheckpointMismatchError as e:  # the report names the keys, one per line
+        return fail(f"{a.src} does not match {name} (strict; --non-strict loads what matches, "
+                    f"--backbone-only the backbone):\n{e}")
+    except (ValueError, KeyError, FileNotFoundError, PermissionError, ImportError) as e:
+        return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except Exception as e:  # anything else while reading: still one line naming the file
+        return fail(f"{a.src}: cannot convert ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})")
     print(report.describe())
-    save_variables(a.out, variables, {"model": registry.resolve_name(a.model), "overrides": overrides,
-                                      "source": os.path.abspath(a.src), "backbone_only": a.backbone_only,
-                                      "fresh": report.fresh})
+    # Written next to --out and renamed into place: an interrupted or failed write leaves no half checkpoint.
+    parent = os.path.dirname(out)
+    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}")
+    old = os.path.join(parent, f".{os.path.basename(out)}.old-{os.getpid()}")
+    import shutil
+    try:
+        os.makedirs(parent, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_variables(tmp, variables, {"model": name, "overrides": overrides,
+                                        "source": os.path.abspath(a.src), "backbone_only": a.backbone_only,
+                                        "fresh": report.fresh})
+        if os.path.isdir(out):
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except (Exception, KeyboardInterrupt) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(old) and not os.path.exists(out):
+            os.rename(old, out)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        msg = f"{e.strerror} ({e.filename})" if isinstance(e, OSError) and e.strerror else \
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return fail(f"--out {a.out}: could not write the checkpoint: {msg}")
+    shutil.rmtree(old, ignore_errors=True)
     print(f"wrote {a.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -213,3 +213,92 @@ def test_non_weights_pickle_is_refused(tmp_path, capsys):
     assert convert_main([str(bad), "--model", "pose_hrnet_w32", "--out", str(tmp_path / "o")]) == 2
     assert "weights" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------- bad files (issue 17)
+
+def _bad_file_cases(tmp_path):
+    """{name: (path, text the message must contain)}: each a file the CLI must refuse in one line."""
+    from safetensors.numpy import save_file
+    st = tmp_path / "ok.safetensors"
+    save_file({"conv1.weight": np.zeros((64, 3, 3, 3), np.float32)}, str(st))
+    data = st.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"this is not a safetensors file")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "junk.pth").write_bytes(b"hello world, not a pickle" * 8)
+    cases = {
+        "missing_pth": (tmp_path / "nope.pth", "no such file"),
+        "truncated_safetensors": (tmp_path / "cut.safetensors", "not a readable .safetensors file"),
+        "corrupt_safetensors": (tmp_path / "junk.safetensors", "not a readable .safetensors file"),
+        "empty_pth": (tmp_path / "empty.pth", "the file is empty"),
+        "directory": (tmp_path, "is a directory"),
+    }
+    try:
+        import torch
+    except ImportError:
+        return cases
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3), "x": torch.zeros(1000)}, tmp_path / "ok.pth")
+    data = (tmp_path / "ok.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3), "x": torch.zeros(1000)}, tmp_path / "old.pth",
+               _use_new_zipfile_serialization=False)
+    data = (tmp_path / "old.pth").read_bytes()
+    (tmp_path / "cut_legacy.pth").write_bytes(data[: len(data) // 2])
+    cases.update({
+        "truncated_pth": (tmp_path / "cut.pth", "not a readable PyTorch checkpoint, truncated or corrupt"),
+        "truncated_legacy_pth": (tmp_path / "cut_legacy.pth", "truncated or corrupt"),
+        "corrupt_pth": (tmp_path / "junk.pth", "not a readable PyTorch checkpoint, truncated or corrupt"),
+    })
+    return cases
+
+
+def test_bad_files_fail_in_one_line_and_write_nothing(tmp_path, capsys):
+    cases = _bad_file_cases(tmp_path)
+    for name, (path, expect) in cases.items():
+        out = tmp_path / f"out_{name}"
+        rc = convert_main([str(path), "--model", "pose_hrnet_w32", "--out", str(out)])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc != 0, name
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert str(path) in lines[0] and expect in lines[0], (name, err)
+        assert not out.exists(), name
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_bad_file_through_python_m_exits_nonzero(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    r = subprocess.run([sys.executable, "-m", "hrnet_jax.convert", str(bad), "--model", "pose_hrnet_w32",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_failed_write_leaves_previous_output_intact(tmp_path, monkeypatch, capsys):
+    from safetensors.numpy import save_file
+    import hrnet_jax.convert as convert
+    keys = grammar_keys(SMALL_V1, "seg", 19, True)
+    src = tmp_path / "w.safetensors"
+    save_file(_random_sd(keys, seed=3), str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.json").write_text('{"model": "previous"}')
+
+    def half_write(directory, variables, meta=None):
+        os.makedirs(directory, exist_ok=True)
+        open(os.path.join(directory, "model.json"), "w").write("{")
+        raise OSError(28, "No space left on device", directory)
+    monkeypatch.setattr(convert, "save_variables", half_write)
+    rc = convert_main([str(src), "--model", "seg_hrnet_w18_small_v1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --out") and "No space left on device" in err
+    assert len(err.splitlines()) == 1
+    assert (out / "model.json").read_text() == '{"model": "previous"}'
+    assert sorted(os.listdir(tmp_path)) == ["out", "w.safetensors"]
