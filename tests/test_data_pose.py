@@ -1,4 +1,5 @@
-"""Pose data pipeline: skipping/counting bad data, determinism, eval padding, specs, and the task end to end."""
+"""Pose data pipeline: specs, skipping/counting bad data, determinism, eval padding, uint8 images, and a
+5-keypoint dataset trained and evaluated end to end with a stub model."""
 import json
 import os
 
@@ -9,11 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from hrnet_jax.data.coco_keypoints import CocoKeypointSource
-from hrnet_jax.data.synthetic_pose import generate_synthetic_pose_dataset
-from hrnet_jax.tasks.base import Evaluator, Task
-from hrnet_jax.tasks.pose.spec import COCO17, MPII16, KeypointSpec, get_spec
-from hrnet_jax.tasks.pose.task import PoseTask
+from hrnet_jax.data import pipeline as dp
+from hrnet_jax.data.keypoints import COCO17, MPII16, KeypointSpec, get_spec
+from hrnet_jax.data.ops.image import IMAGENET_MEAN, IMAGENET_STD
+from hrnet_jax.data.sources.coco_keypoints import CocoKeypointSource
+from hrnet_jax.data.synthetic.pose import generate_synthetic_pose_dataset
+from hrnet_jax.tasks.pose import pipeline as P
+from hrnet_jax.tasks.pose.decode import decode_heatmaps
+from hrnet_jax.tasks.pose.evaluate import PoseEvaluator, load_coco
+from hrnet_jax.tasks.pose.loss import joints_mse_loss
 
 SPEC5 = dict(name="star5", keypoints=["center", "left_arm", "right_arm", "left_leg", "right_leg"],
              flip_pairs=[[1, 2], [3, 4]], skeleton=[[0, 1], [0, 2], [0, 3], [0, 4]],
@@ -69,70 +74,78 @@ def damaged(tmp_path):
                        total=sum(a["num_keypoints"] > 0 for a in ann["annotations"]))
 
 
-def _task(paths, **kw):
-    cfg = dict(train_ann=paths["train_ann"], train_images=paths["train_images"], val_ann=paths["val_ann"],
-               val_images=paths["val_images"], input_size=(64, 48), batch_size=2, seed=0)
-    cfg.update(kw)
-    return PoseTask(cfg)
+HW, HM = (64, 48), (16, 12)
+SYNC = dp.ReadConfig(num_threads=0, prefetch_batches=0)
+
+
+def _sources(paths, spec=COCO17, **eval_kw):
+    return (CocoKeypointSource(paths["train_ann"], paths["train_images"], spec, HW),
+            CocoKeypointSource(paths["val_ann"], paths["val_images"], spec, HW, **eval_kw))
+
+
+def _train(src, batch_size=2, seed=0, spec=COCO17, **kw):
+    return P.train_dataset(src, spec, HW, HM, 2.0, P.AugmentConfig(), batch_size, seed, **kw)
+
+
+def _take(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
 
 
 def test_corrupt_missing_and_empty_are_skipped_and_counted(damaged):
     paths, n = damaged
     assert n["corrupt"] >= 1 and n["missing"] >= 1 and n["no_kp"] >= 1
-    task = _task(paths)
-    ds = task.train_dataset(0, 1)
-    src = task.train_source()
+    src, ev_src = _sources(paths)
     assert src.stats["skipped_no_keypoints"] == n["no_kp"]
-    assert src.stats["skipped_missing_image"] == n["missing"]
+    assert src.stats["skipped_missing_image"] == n["missing"]   # absent files are dropped with the index
     assert len(src) == n["total"] - n["missing"]
-    epoch_batches = len(src) // 2
-    skipped = 0
-    for i in range(2 * epoch_batches):  # two epochs, never raises
-        b = ds[i]
-        assert b["image"].shape == (2, 64, 48, 3) and np.isfinite(b["image"]).all()
-        skipped += int(b["num_skipped"].sum())
-    assert skipped >= n["corrupt"]  # each corrupt instance is met at least once per epoch (unless dropped)
-    stats = task.data_stats()
-    assert stats["corrupt_image"] == skipped
-    assert stats["train_skipped_no_keypoints"] == n["no_kp"]
-    assert stats["train_skipped_missing_image"] == n["missing"]
-    # evaluation: a bad image gives valid=False rows, counted, no crash
-    ev = task.eval_dataset(0, 1)
-    valid = np.concatenate([ev[i]["valid"] for i in range(len(ev))])
-    nskip = sum(int(ev[i]["num_skipped"].sum()) for i in range(len(ev)))
-    assert nskip == n["val_bad"] and (~valid).sum() >= n["val_bad"]
-    assert valid.sum() == len(task.eval_source()) - n["val_bad"]
+    it = iter(_train(src, batch_size=1, read=dp.ReadConfig(num_threads=2)))
+    for epoch in range(2):   # each pass counts every corrupt instance exactly once, and never raises
+        stats = {"corrupt_image": 0, "missing_image": 0}
+        for _ in range(len(src)):
+            b = next(it)
+            for k, v in dp.pop_stats(b).items():
+                stats[k] += v
+            assert b["image"].shape == (1, 64, 48, 3) and b["image"].dtype == np.uint8
+        assert stats == {"corrupt_image": n["corrupt"], "missing_image": 0}, epoch
+    # evaluation: a bad image gives a valid=False row, counted once, no crash
+    batches = list(P.eval_dataset(ev_src, HW, 2))
+    assert len(batches) == P.eval_num_batches(ev_src, 2)
+    valid = np.concatenate([b["valid"] for b in batches])
+    bad = sum(dp.pop_stats(b)["corrupt_image"] for b in batches)
+    assert bad == n["val_bad"] and valid.sum() == len(ev_src) - n["val_bad"]
 
 
 def test_train_pipeline_deterministic_per_seed(tmp_path):
     paths = generate_synthetic_pose_dataset(str(tmp_path), COCO17, num_train=6, num_val=2, seed=2)
-    a = _task(paths).train_dataset(0, 1)
-    b = _task(paths).train_dataset(0, 1)
-    c = _task(paths, seed=1).train_dataset(0, 1)
+    src, _ = _sources(paths)
+    a = _take(_train(src, read=SYNC), 8)
+    b = _take(_train(src, read=dp.ReadConfig(num_threads=2)), 8)
+    c = _take(_train(src, seed=1, read=SYNC), 1)
     for i in (0, 3, 7):
-        for k in ("image", "target", "target_weight"):
+        for k in ("image", "target", "target_weight", "joints"):
             np.testing.assert_array_equal(a[i][k], b[i][k])
     assert not np.array_equal(a[0]["image"], c[0]["image"])
-    # two processes see disjoint halves, each with the per-process batch
-    p0, p1 = _task(paths, batch_size=4).train_dataset(0, 2), _task(paths, batch_size=4).train_dataset(1, 2)
-    assert p0[0]["image"].shape[0] == 2 and p1[0]["image"].shape[0] == 2
+    assert a[0]["image"].dtype == np.uint8 and a[0]["target"].shape == (2, 16, 12, 17)
+    # two processes: per-process batches
+    p0 = _take(_train(src, batch_size=2, process_index=0, process_count=2, read=SYNC), 1)[0]
+    assert p0["image"].shape[0] == 2
 
 
 def test_eval_dataset_padding_and_det_boxes(tmp_path):
     paths = generate_synthetic_pose_dataset(str(tmp_path), COCO17, num_train=2, num_val=5, seed=4)
-    task = _task(paths, eval_boxes="det", det_file=paths["val_det"], det_score_thre=0.45, eval_batch_size=4)
-    src = task.eval_source()
+    _, src = _sources(paths, boxes="det", det_file=paths["val_det"], det_score_thre=0.45)
     dets = json.load(open(paths["val_det"]))
     assert len(src) == sum(d["score"] >= 0.45 for d in dets) and src.stats["skipped_det_low_score"] >= 1
-    per_proc = [task.eval_dataset(p, 2) for p in (0, 1)]
-    assert len(per_proc[0]) == len(per_proc[1])  # same number of batches on every process
-    ids = np.concatenate([ds[i]["image_id"][ds[i]["valid"]] for ds in per_proc for i in range(len(ds))])
+    per_proc = [list(P.eval_dataset(src, HW, 2, p, 2)) for p in (0, 1)]
+    assert len(per_proc[0]) == len(per_proc[1]) == P.eval_num_batches(src, 2, 2)
+    ids = np.concatenate([b["image_id"][b["valid"]] for bs in per_proc for b in bs])
     assert len(ids) == len(src) and per_proc[0][0]["image"].shape == (2, 64, 48, 3)
     with pytest.raises(ValueError):
-        CocoKeypointSource(paths["val_ann"], paths["val_images"], COCO17, (64, 48), boxes="det")
+        CocoKeypointSource(paths["val_ann"], paths["val_images"], COCO17, HW, boxes="det")
 
 
-# ---- the task end to end with a stub model ------------------------------------------------------------------
+# ---- a 5-keypoint dataset end to end with a stub model ---------------------------------------------------------
 class TinyPoseNet(nn.Module):
     """Stub model (stride 4 heatmaps, NHWC) standing in for hrnet_jax.models in this test."""
     num_joints: int
@@ -145,44 +158,47 @@ class TinyPoseNet(nn.Module):
         return nn.Conv(self.num_joints, (1, 1), name="head")(x)
 
 
-def test_five_keypoint_task_trains_and_evaluates(tmp_path):
+def test_five_keypoint_dataset_trains_and_evaluates(tmp_path):
     spec = KeypointSpec.from_dict(SPEC5)
-    root = str(tmp_path / "data")
-    task = PoseTask(dict(data_root=root, synthetic=dict(num_train=8, num_val=4, image_size_hw=(96, 96)), spec=SPEC5,
-                         input_size=(64, 48), batch_size=4, seed=0, flip_test=True))
-    assert isinstance(task, Task) and isinstance(task.evaluator(), Evaluator)
+    paths = generate_synthetic_pose_dataset(str(tmp_path / "data"), spec, num_train=8, num_val=4,
+                                            image_size_hw=(96, 96))
+    src, ev_src = _sources(paths, spec)
     model = TinyPoseNet(spec.num_keypoints)
-    ds = task.train_dataset(0, 1)
-    b0 = ds[0]
-    assert b0["target"].shape == (4, 16, 12, 5)
-    params = model.init(jax.random.PRNGKey(0), jnp.asarray(b0["image"]))
+    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+    norm = lambda img: (img.astype(jnp.float32) - mean) / std   # noqa: E731  (on device, as the task does)
+    batches = _take(_train(src, batch_size=4, spec=spec, read=SYNC), 2)
+    for b in batches:
+        dp.pop_stats(b)
+    assert batches[0]["target"].shape == (4, 16, 12, 5) and batches[0]["image"].dtype == np.uint8
+    params = model.init(jax.random.PRNGKey(0), norm(jnp.asarray(batches[0]["image"])))
     tx = optax.adam(3e-3)
     opt = tx.init(params)
 
     @jax.jit
     def step(params, opt, batch):
         def f(p):
-            return task.loss(model.apply(p, batch["image"]), batch)[0]
+            return joints_mse_loss(model.apply(p, norm(batch["image"])), batch["target"], batch["target_weight"])
         loss, g = jax.value_and_grad(f)(params)
         up, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, up), opt, loss
 
     losses = []
     for i in range(12):
-        batch = {k: jnp.asarray(v) for k, v in ds[i % 2].items()}
-        params, opt, loss = step(params, opt, batch)
+        params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in batches[i % 2].items()})
         losses.append(float(loss))
     assert losses[-1] < losses[0]
 
-    apply_fn = lambda v, x, train=False: model.apply(v, x)  # noqa: E731
-    eval_step = jax.jit(lambda p, b: task.predict(task.eval_forward(apply_fn, p, b), b))
-    ev = task.evaluator()
-    eds = task.eval_dataset(0, 1)
-    for i in range(len(eds)):
-        host = eds[i]
-        out = jax.device_get(eval_step(params, {k: jnp.asarray(v) for k, v in host.items()}))
+    @jax.jit
+    def predict(params, b):
+        out = decode_heatmaps(model.apply(params, norm(b["image"])), b["center"], b["scale"])
+        return {"keypoints": out["keypoints"], "maxvals": out["maxvals"]}
+
+    ev = PoseEvaluator(load_coco(paths["val_ann"]), spec.sigmas, spec.category_id)
+    for host in P.eval_dataset(ev_src, HW, 4, read=SYNC):
+        dp.pop_stats(host)
+        out = jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in host.items()}))
         assert out["keypoints"].shape == (4, 5, 2)
         ev.add(out, host)
     res = ev.result()
     assert set(res) >= {"AP", "AP50", "AP75", "APm", "APl", "AR"} and 0.0 <= res["AP"] <= 1.0
-    assert res["num_instances"] == len(task.eval_source())
+    assert res["num_instances"] == len(ev_src)

@@ -405,7 +405,8 @@ def _claim(root: str, params: dict) -> dict | None:
     else:
         foreign = [f for f in files if f not in (MARKER, MARKER + ".tmp") and not _OWN_FILE.match(f)]
         if marker.get("params") == params and marker.get("complete"):
-            if all(os.path.isfile(p) for k, p in _paths(root).items() if k != "root"):
+            paths = _paths(root)
+            if all(os.path.isfile(paths[k]) for k in ("train_ann", "val_ann", "val_det")):
                 return marker
         if foreign:
             raise SyntheticFolderError(
