@@ -11,14 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from hrnet_jax.training.config import ConfigError
 from hrnet_jax.training.defaults import default_config
-from hrnet_jax.training.guards import EXIT_PREEMPTED, DivergenceGuard, validate_loop_config
-from hrnet_jax.training.workdir import (BREAKING, HARMLESS, SCHEDULE, ConfigStore, ResumeConfigError,
+from hrnet_jax.training.guards import EXIT_PREEMPTED, DivergenceGuard, divergence_guard, validate_loop_config
+from hrnet_jax.training.workdir import (BREAKING, SCHEDULE, ConfigStore, ResumeConfigError,
                                         WorkdirLock, WorkdirLockedError, compare_configs, read_lock_holder)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +122,10 @@ def test_lock_in_one_process_release_and_disabled(tmp_path):
     with WorkdirLock(tmp_path) as b:
         assert b.held
     assert not b.held and read_lock_holder(tmp_path) is None
+    WorkdirLock(tmp_path).acquire()  # not kept in a variable: still held (for the run's lifetime)
+    import gc
+    gc.collect()
+    assert read_lock_holder(tmp_path)["pid"] == os.getpid()
 
 
 # ================================================================================================== D3: compare
@@ -381,6 +384,19 @@ def test_guard_non_finite_and_parameter_norm_and_off():
     off = DivergenceGuard(factor=0)
     assert off.observe(1, 1.0, 1.0) is None and off.observe(2, 1e30, 1e30) is None
     assert off.observe(3, float("inf")) is not None
+
+
+def test_guard_config_keys():
+    cfg = base_cfg().to_dict()
+    assert divergence_guard(cfg).factor == 1e4 and divergence_guard(cfg).window == 20  # keys absent: defaults
+    cfg["guards"] = {"divergence_factor": 0.5, "divergence_window": 0}
+    with pytest.raises(ConfigError) as e:
+        validate_loop_config(cfg, 1, 1)
+    assert "guards.divergence_factor = 0.5" in str(e.value) and "guards.divergence_window = 0" in str(e.value)
+    cfg["guards"] = {"divergence_factor": 100.0, "divergence_window": 5}
+    validate_loop_config(cfg, 1, 1)
+    g = divergence_guard(cfg)
+    assert (g.factor, g.window) == (100.0, 5)
 
 
 def test_exit_preempted_is_ex_tempfail():

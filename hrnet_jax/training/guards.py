@@ -11,6 +11,7 @@ from collections import deque
 from typing import Any, Iterable, Mapping
 
 from hrnet_jax.training.config import ConfigError
+from hrnet_jax.training.workdir import RESUME_POLICIES
 
 #: Exit status of ``python -m hrnet_jax.train`` when it stopped early on SIGTERM (preemption) after saving a
 #: checkpoint: the run is *not* finished; rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
@@ -25,7 +26,6 @@ SCHEDULES = ("constant", "step", "cosine", "poly")
 WEIGHT_DECAY_STYLES = ("l2", "decoupled")
 BEST_MODES = ("max", "min")
 INIT_FROM_MODES = ("full", "matching")
-RESUME_POLICIES = ("refuse", "schedule", "all")
 
 _NOT_SET = object()
 
@@ -90,6 +90,9 @@ def validate_loop_config(cfg: Mapping, n_devices: int, process_count: int = 1) -
     check("best_mode", BEST_MODES, "", "enum")
     check("init_from_mode", INIT_FROM_MODES, "", "enum")
     check("resume_changes", RESUME_POLICIES, "", "enum")
+    check("guards.divergence_factor", lambda v: v == 0 or v > 1, "must be 0 (off) or > 1 (a ratio, e.g. 1e4)",
+          "num")
+    check("guards.divergence_window", lambda v: v >= 1, "must be >= 1 (logged values)")
 
     n_devices, process_count = int(n_devices), max(int(process_count), 1)
 
@@ -193,6 +196,14 @@ def _nearest_multiple(v: int, m: int) -> int:
 
 
 # ================================================================================================== divergence
+
+
+def divergence_guard(cfg: Mapping) -> "DivergenceGuard":
+    """The guard of ``cfg.guards.divergence_factor`` / ``divergence_window`` (defaults where absent)."""
+    factor = _get(cfg, "guards.divergence_factor")
+    window = _get(cfg, "guards.divergence_window")
+    return DivergenceGuard(window=20 if window is _NOT_SET else int(window),
+                           factor=1e4 if factor is _NOT_SET else float(factor))
 
 
 class DivergenceGuard:

@@ -1,19 +1,28 @@
 """Run integrity of a workdir: one run at a time (:class:`WorkdirLock`), the config a resume is checked against
 (:class:`ConfigStore`), and what a config change does to a resumed run (:func:`compare_configs`).
 
-The loop calls them in this order (process 0 only for the lock and the store; every process may compare)::
+The loop calls them in this order, before building the model or compiling anything::
 
-    validate_loop_config(cfg, n_devices, process_count)     # guards.py: bad values, before anything is written
-    lock = WorkdirLock(workdir, enabled=is_main).acquire()  # a second run on the workdir stops here
-    store = ConfigStore(workdir)
-    latest = checkpointer.latest_step()
-    if latest is not None and (stored := store.load()) is not None:
-        diff = compare_configs(stored, cfg, step=latest, lr_at=lr_at)
-        for line in diff.check(cfg.get("resume_changes", "refuse")):   # raises ResumeConfigError
-            say(line)                                                   # accepted changes, said out loud
-    ... restore / init ...
-    if is_main: store.record(cfg, step)                     # only now: config.json + configs/NNN-step<S>.json
-    try: loop  finally: lock.release()
+    validate_loop_config(cfg, n_devices, jax.process_count())   # guards.py: bad values; nothing written yet
+    check_workdir(workdir)
+    lock = WorkdirLock(workdir, enabled=is_main).acquire()      # a second run on the workdir stops here
+    try:
+        store = ConfigStore(workdir)
+        latest = checkpointer.latest_step()
+        stored = store.load() if latest is not None else None  # no checkpoint: nothing to resume, no check
+        if stored is not None:                                   # every process (same answer on all of them)
+            diff = compare_configs(stored, cfg, step=latest, lr_at=lr_at, workdir=workdir)
+            for line in diff.check(cfg.get("resume_changes", "refuse")):   # raises ResumeConfigError
+                say(line)                                                   # accepted changes, said out loud
+        ... build, restore or init ...
+        if is_main:
+            store.record(cfg, latest or 0)                       # only now: config.json + configs/NNN-step<S>.json
+        ... loop ...
+    finally:
+        lock.release()
+
+with ``lr_at = lambda c, s: float(optim.make_schedule(Config(c).optimizer, Config(c).total_steps)(
+s // max(Config(c).optimizer.accum_steps, 1)))`` (the stored config arrives as a plain dict).
 
 Nothing in this module imports JAX.
 """
@@ -31,7 +40,6 @@ import socket
 import sys
 import tempfile
 import threading
-import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from hrnet_jax.training.config import ConfigError
@@ -43,7 +51,11 @@ HISTORY_DIR = "configs"
 # ================================================================================================== lock
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockError(RuntimeError):
+    """The workdir cannot be locked (e.g. a filesystem without flock)."""
+
+
+class WorkdirLockedError(WorkdirLockError):
     """Another live run holds the workdir; ``.holder`` is its recorded info (dict, maybe empty)."""
 
     def __init__(self, message: str, holder: dict):
@@ -51,7 +63,7 @@ class WorkdirLockedError(RuntimeError):
         self.holder = holder
 
 
-_LIVE_LOCKS: "weakref.WeakSet[WorkdirLock]" = weakref.WeakSet()
+_LIVE_LOCKS: "set[WorkdirLock]" = set()  # strong refs: an unreferenced lock object stays held until release()
 _FORK_HOOK = threading.Lock()
 _fork_hook_installed = False
 
@@ -75,7 +87,9 @@ class WorkdirLock:
     The kernel releases it when the process dies (SIGKILL, OOM kill, power of the node aside), so a stale
     lock never blocks the next run; nothing is unlinked. The holder's host, pid, command line and start
     time are written into the file for the refusal message. ``enabled=False`` (processes other than 0 of a
-    multi-host run) makes every method a no-op. Works on local filesystems; on NFS, Linux maps flock to
+    multi-host run) makes every method a no-op. The lock stays held until :meth:`release` (or the end of the
+    context manager, or process exit), whether or not the object is still referenced; forked children close
+    their copy of the descriptor, so a surviving data worker does not keep a killed run's lock. Works on local filesystems; on NFS, Linux maps flock to
     POSIX byte-range locks, which NFSv4 honours across clients.
     """
 
@@ -103,9 +117,10 @@ class WorkdirLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise WorkdirLockedError(self._refusal(holder), holder) from None
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            raise
+            raise WorkdirLockError(f"cannot lock workdir {self.workdir} ({self.path}: {e.strerror or e}); the "
+                                   f"filesystem may not support flock. Use a local or NFSv4 workdir.") from None
         info = {"host": socket.gethostname(), "pid": os.getpid(), "command": shlex.join(self.command),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         data = (json.dumps(info) + "\n").encode()
@@ -137,12 +152,6 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-    def __del__(self):
-        try:
-            self.release()
-        except Exception:
-            pass
 
     def _refusal(self, h: dict) -> str:
         if not h:
