@@ -27,7 +27,7 @@ if __name__ == "__main__":  # before JAX loads: XLA's per-step temp buffer on hu
 
 import dataclasses
 import functools
-import math
+import json
 import os
 import signal
 import sys
@@ -46,8 +46,10 @@ from hrnet_jax.training import sharding as shd
 from hrnet_jax.training import steps
 from hrnet_jax.training.config import Config, ConfigError
 from hrnet_jax.training.evaluate import make_eval_step, run_eval
+from hrnet_jax.training.guards import EXIT_PREEMPTED, divergence_guard, validate_loop_config
 from hrnet_jax.training.logging import MetricWriter, Progress, Throughput, check_workdir
 from hrnet_jax.training.prefetch import DevicePrefetch, as_iter_dataset
+from hrnet_jax.training.workdir import (ConfigStore, WorkdirLock, WorkdirLockError, compare_configs)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,19 +89,36 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     is_main = jax.process_index() == 0
     say = (lambda *a: None) if (quiet or not is_main) else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
-    # ---------------------------------------------------------------------------------------------- workdir
-    for k in ("total_steps", "batch_size", "log_every", "checkpoint_every"):
-        if cfg[k] <= 0:
-            raise ConfigError(f"{k} must be positive, got {cfg[k]}")
-    check_workdir(workdir)  # before any compute
-
-    # ---------------------------------------------------------------------------------------------- mesh
+    # ---------------------------------------------------------------------------------------------- checks, workdir
     mesh = shd.make_mesh(devices)
     data_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
     n_dev = mesh.devices.size
-    if cfg.batch_size % n_dev:
-        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
     pi, pc = jax.process_index(), jax.process_count()
+    validate_loop_config(cfg, n_dev, pc)  # every bad value named, before anything is written or computed
+    check_workdir(workdir)
+    lock = WorkdirLock(workdir, enabled=is_main).acquire()  # one run per workdir; released at exit / kill
+    try:
+        return _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet)
+    finally:
+        lock.release()
+
+
+def _lr_at(config: dict, step: int) -> float:
+    c = Config(config)
+    return float(optim.make_schedule(c.optimizer, c.total_steps)(step // max(c.optimizer.accum_steps, 1)))
+
+
+def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> TrainResult:
+    n_dev = mesh.devices.size
+    pi, pc = jax.process_index(), jax.process_count()
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    store = ConfigStore(workdir)
+    latest_on_disk = ckpt_lib.latest_step_on_disk(ckpt_dir)
+    stored = store.load() if latest_on_disk is not None else None
+    if stored is not None:  # a resume: refuse state-breaking changes, state schedule changes
+        for line in compare_configs(stored, cfg, step=latest_on_disk, lr_at=_lr_at, workdir=workdir).check(
+                cfg.resume_changes):
+            say(line)
 
     # ---------------------------------------------------------------------------------------------- task, model, data
     if task is None:
@@ -133,7 +152,7 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     eval_steps = {name: make_eval_step(task, model, ev, vars_sh, data_sh) for name, ev in evals.items()}
 
     # ---------------------------------------------------------------------------------------------- restore or init
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints,
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints,
                                  best_metric=cfg.best_metric, best_mode=cfg.best_mode)
     latest = ckpt.latest_step()
     if latest is not None:
@@ -143,7 +162,12 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
         state = jax.jit(init_fn, out_shardings=state_sh)()
         if cfg.init_from:
             state = _init_from(state, state_sh, cfg.init_from, cfg.init_from_mode, say)
-    last_good = latest
+    if is_main:  # the run is accepted: its config joins the workdir's history
+        store.record(cfg.to_dict(), latest or 0)
+    guard = divergence_guard(cfg)
+    if latest is not None:
+        guard.note_checkpoint(latest)
+        guard.prime(_metric_rows(workdir))
 
     # ---------------------------------------------------------------------------------------------- signals
     stop = {"requested": False}
@@ -163,26 +187,24 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     speed = Throughput()
 
     def flush_pending():
-        """Fetches the pending step metrics; stops on a non-finite loss (nothing after it is saved)."""
+        """Fetches the pending step metrics; stops on a non-finite or diverging loss (nothing after is saved)."""
         nonlocal pending
         for s, m in pending:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["param_norm"])):
-                good = f"step {last_good} in {os.path.join(workdir, 'checkpoints')}" if last_good is not None \
-                    else "none (no checkpoint was written)"
-                what = f"loss is {m['loss']}" if not math.isfinite(m["loss"]) else \
-                    f"parameters became non-finite (norm {m['param_norm']})"
+            problem = guard.observe(s, m["loss"], m["param_norm"])
+            if problem:
+                good = guard.last_sane_checkpoint()
+                good = f"step {good} in {ckpt_dir}" if good is not None else "none (no sane checkpoint was written)"
                 raise NonFiniteLossError(
-                    f"{what} at step {s}: training stopped. Last good checkpoint: {good}. "
+                    f"{problem} at step {s}: training stopped. Last good checkpoint: {good}. "
                     f"Lower optimizer.lr, add optimizer.grad_clip_norm or warmup, or check the data.")
             window.append(m)
         pending = []
 
     def save(s: int, metrics: dict | None = None):
-        nonlocal last_good
         flush_pending()
         ckpt.save(s, state, train_iter, metrics=metrics)
-        last_good = s
+        guard.note_checkpoint(s)
 
     def evaluate(name: str) -> dict:
         ev = evals[name]
@@ -260,6 +282,20 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
             signal.signal(signal.SIGTERM, previous_handler)
     return TrainResult(state=state, history=history, eval_metrics=eval_metrics, preempted=preempted,
                        workdir=workdir, next_command=task.next_command(workdir))
+
+
+def _metric_rows(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut by a kill
+    return rows
 
 
 def _main_thread() -> bool:
@@ -357,15 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"XLA compilation cache: {cache_dir} ({compile_cache.ENV}=off to turn it off)", file=sys.stderr)
     try:
         result = train(cfg, flags["workdir"])
-    except PermissionError as e:
+    except (PermissionError, WorkdirLockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ConfigError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result.preempted:
-        print(f"preempted at step {int(result.state.step)}; rerun the same command to resume", file=sys.stderr)
-        return 0
+        print(f"preempted at step {int(result.state.step)}; rerun the same command to resume "
+              f"(exit {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     if jax.process_index() == 0:
         print(summary_line(cfg, result), file=sys.stderr)
     return 0

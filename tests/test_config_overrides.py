@@ -38,6 +38,11 @@ def test_typed_overrides():
         get_experiment("cls_synthetic", ["optimizer.nesterov=2"])
     with pytest.raises(ConfigError, match="group of settings"):
         get_experiment("cls_synthetic", ["optimizer=adam"])
+    # a dict literal for a group: merged key by key into a filled group, taken whole by an empty (open) one
+    cfg = get_experiment("cls_synthetic", ["optimizer={'lr': 0.5}", "optimizer.groups={'head': {'lr_mult': 10.0}}"])
+    assert cfg.optimizer.lr == 0.5 and cfg.optimizer.name == "sgd" and cfg.optimizer.groups.head.lr_mult == 10.0
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
+        get_experiment("cls_synthetic", ["optimizer={'lrr': 0.5}"])
 
 
 def test_unknown_key_suggests_close_ones():
@@ -66,27 +71,32 @@ def test_configs_are_independent_copies():
     assert isinstance(a, dict) and a.to_dict()["optimizer"]["lr"] == 123.0
 
 
-def test_a_family_module_plugs_in_without_editing_the_registry(tmp_path, monkeypatch):
+def test_a_family_module_and_a_task_plug_in_without_editing_the_registry(tmp_path, monkeypatch):
     pkg = tmp_path / "myfam"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "widgets.py").write_text(textwrap.dedent("""
+        from hrnet_jax.tasks.base import Task
         from hrnet_jax.training.defaults import default_config
 
+        class WidgetTask(Task):
+            name = "widgets"
+
         def widget_small():
-            return default_config(total_steps=10, batch_size=8, task=dict(num_widgets=3))
+            return default_config(total_steps=10, batch_size=8, task=dict(name="myfam.widgets:WidgetTask",
+                                                                          num_widgets=3))
 
         EXPERIMENTS = {"widget_small": widget_small}
-
-        def build_task(config):
-            return ("task for", config.experiment, config.task.num_widgets)
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(experiments, "FAMILIES", experiments.FAMILIES + ("myfam.widgets",))
     cfg = get_experiment("widget_small", ["task.num_widgets=5"])
     assert cfg.family == "myfam.widgets" and cfg.task.num_widgets == 5 and cfg.log_every == 50
-    assert experiments.build_task(cfg) == ("task for", "widget_small", 5)
+    task = experiments.build_task(cfg)
+    assert type(task).__name__ == "WidgetTask" and task.config.task.num_widgets == 5
     assert "widget_small" in list_experiments()
+    with pytest.raises(ConfigError, match="unknown task 'posse'; did you mean 'pose'"):
+        experiments.build_task(get_experiment("widget_small", ["task.name=posse"]))
 
 
 def test_cli_parsing():

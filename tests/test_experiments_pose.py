@@ -27,7 +27,7 @@ def test_all_registered():
 def test_coco_recipe(name):
     model, size, batch, sigma, spe = RECIPES[name]
     cfg = get_experiment(name)
-    assert cfg.family == "experiments.pose"
+    assert cfg.family == "experiments.pose" and cfg.task.name == "pose"
     assert cfg.model.name == model and tuple(cfg.task.input_size) == size and cfg.task.sigma == sigma
     assert cfg.batch_size == batch and cfg.total_steps == 210 * spe
     o = cfg.optimizer
@@ -41,8 +41,9 @@ def test_coco_recipe(name):
     assert t.flip_test and t.shift_heatmap and t.decode == "legacy" and t.use_oks_nms and t.oks_thre == 0.9
     assert t.eval_boxes == "det" and t.in_vis_thre == 0.2
     assert (t.scale_factor, t.rotation_factor, t.prob_half_body, t.flip) == (0.35, 45.0, 0.3, True)
-    assert cfg.eval_every > 0 and cfg.total_steps % cfg.eval_every == 0   # the last step is evaluated
-    assert cfg.best_metric == "AP"
+    every = cfg.evals.val.every
+    assert every > 0 and cfg.total_steps % every == 0   # the last step is evaluated
+    assert cfg.best_metric == "val/AP"
 
 
 def _fake_coco(root):
@@ -56,7 +57,7 @@ def _fake_coco(root):
 def test_missing_data_is_a_clear_config_error(tmp_path):
     from hrnet_jax.training.config import ConfigError
     with pytest.raises(ConfigError, match="person_keypoints_val2017.json.*task.data_root"):
-        build_task(get_experiment("pose_w32", [f"task.data_root={tmp_path / 'nowhere'}"]))
+        build_task(get_experiment("pose_w32", [f"task.data_root={tmp_path / 'nowhere'}"])).train_dataset(0, 1)
 
 
 def test_coco_paths_standard_layout_and_override(tmp_path, monkeypatch):
@@ -79,17 +80,24 @@ def test_coco_paths_standard_layout_and_override(tmp_path, monkeypatch):
     assert task.paths["val_images"] == os.path.join(root, "val2017")
     assert task.paths["det_file"] == dets
     assert task.heatmap_size == (96, 72) and task.sigma == 3.0
-    assert task.cfg.model_name == "pose_hrnet_w48"
+    assert task.build_model().config.stages[-1].num_channels == (48, 96, 192, 384)
 
 
 def test_demo_config():
     cfg = get_experiment("pose_demo")
-    assert cfg.eval_every == cfg.total_steps and cfg.task.flip_test
+    assert cfg.evals.val.every == cfg.total_steps and cfg.task.flip_test
     h, w = cfg.task.input_size
     assert h % 32 == 0 and w % 32 == 0
     assert cfg.task.synthetic and cfg.task.data_root
-    from experiments.pose import ARCHS, task_config
-    tc = task_config(cfg)
-    assert tc.model_overrides["config"] is ARCHS[cfg.model.arch]
-    with pytest.raises(ValueError, match="unknown model.arch"):
-        task_config(get_experiment("pose_demo", {"model.arch": "nope"}))
+    # the architecture is in the config itself, overridable field by field
+    from hrnet_jax.models import HRNetConfig, StageConfig
+    from hrnet_jax.tasks.model_config import arch_from_dict, arch_to_dict
+    arch = arch_from_dict(cfg.model.arch)
+    assert arch == HRNetConfig(stem_width=32, stages=(
+        StageConfig(1, 1, "BOTTLENECK", (1,), (16,)), StageConfig(1, 2, "BASIC", (1, 1), (16, 32)),
+        StageConfig(1, 3, "BASIC", (1, 1, 1), (16, 32, 64)), StageConfig(1, 4, "BASIC", (1, 1, 1, 1), (16, 32, 64, 128))))
+    assert arch_from_dict(arch_to_dict(arch)) == arch
+    wider = get_experiment("pose_demo", {"model.arch.stem_width": 48})
+    assert build_task(wider).build_model().config.stem_width == 48
+    off = get_experiment("pose_demo", ["task.synthetic={}"])   # the generator can be switched off
+    assert not off.task.synthetic

@@ -11,16 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.pose import ARCHS
+from experiments.pose import DEMO_W16
 from hrnet_jax import models
 from hrnet_jax.predict import Predictor, main, read_boxes
-from hrnet_jax.tasks.pose.spec import COCO17
+from hrnet_jax.tasks.model_config import arch_from_dict
+from hrnet_jax.data.keypoints import COCO17
 
 H_IN, W_IN = 64, 64   # input (divisible by 32); heatmaps 16x16
 
 
 def _variables(final_bias=None):
-    model = models.create("pose_hrnet_w18_small_v1", num_joints=17, config=ARCHS["demo_w16"])
+    model = models.create("pose_hrnet_w18_small_v1", num_joints=17, config=arch_from_dict(DEMO_W16))
     v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, H_IN, W_IN, 3)), train=False)
     v = jax.tree.map(np.asarray, v)
     if final_bias is not None:
@@ -34,7 +35,7 @@ def _variables(final_bias=None):
 def converted(tmp_path_factory):
     from hrnet_jax.convert import save_variables
     d = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-    save_variables(d, _variables(), {"model": "pose_hrnet_w18_small_v1", "overrides": {"arch": "demo_w16"}})
+    save_variables(d, _variables(), {"model": "pose_hrnet_w18_small_v1", "overrides": {"arch": DEMO_W16}})
     return d
 
 
@@ -118,7 +119,7 @@ def test_uniform_heatmaps_decode_to_crop_corner(tmp_path):
     from hrnet_jax.convert import save_variables
     d = str(tmp_path / "uniform")
     save_variables(d, _variables(final_bias=0.5), {"model": "pose_hrnet_w18_small_v1",
-                                                    "overrides": {"arch": "demo_w16"}})
+                                                    "overrides": {"arch": DEMO_W16}})
     pred = Predictor(d, input_size=(H_IN, W_IN), batch_size=4)
     img = np.zeros((120, 160, 3), np.uint8)
     (p,) = pred.predict(img)   # whole image (0, 0, 160, 120): aspect 1 (64x64 input) -> h = 160
@@ -141,7 +142,7 @@ def test_forced_peak_decodes_to_hand_computed_location(converted):
     hm[6, 9] = hm[8, 9] = 0.2                     # equal vertical neighbours -> no y offset
     forced = jnp.asarray(np.repeat(hm[None, :, :, None], 17, axis=-1))
     task = pred.task
-    task.eval_forward = lambda apply_fn, variables, batch: {
+    task.forward = lambda apply_fn, variables, batch, *, train, rngs: {
         "heatmaps": jnp.broadcast_to(forced, (batch["image"].shape[0],) + forced.shape[1:])}
     pred2 = Predictor(task=task, variables=pred.variables, batch_size=2)
     img = np.zeros((120, 160, 3), np.uint8)
@@ -199,5 +200,5 @@ def test_evaluate_matches_pycocotools_on_written_results(converted, tmp_path):
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    assert metrics["AP"] == pytest.approx(max(float(ev.stats[0]), 0.0), abs=1e-9)
-    assert metrics["AR"] == pytest.approx(max(float(ev.stats[5]), 0.0), abs=1e-9)
+    assert metrics["val/AP"] == pytest.approx(max(float(ev.stats[0]), 0.0), abs=1e-9)
+    assert metrics["val/AR"] == pytest.approx(max(float(ev.stats[5]), 0.0), abs=1e-9)

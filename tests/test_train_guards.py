@@ -8,7 +8,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 SMALL = ["--config.batch_size=16", "--config.task.image_size=16", "--config.model.width=8",
-         "--config.task.train_examples=256", "--config.eval_every=0"]
+         "--config.task.train_examples=256", "--config.evals.val.every=0"]
 
 
 def cli(*args):

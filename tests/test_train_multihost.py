@@ -10,7 +10,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--experiment=cls_synthetic", "--config.batch_size=16", "--config.task.image_size=16",
         "--config.model.width=8", "--config.task.train_examples=256", "--config.task.eval_examples=40",
-        "--config.total_steps=4", "--config.log_every=1", "--config.eval_every=4", "--config.checkpoint_every=4"]
+        "--config.total_steps=4", "--config.log_every=1", "--config.evals.val.every=4", "--config.checkpoint_every=4"]
 
 
 def free_port() -> int:
@@ -45,7 +45,7 @@ def test_two_processes_match_one(tmp_path):
     assert [r["step"] for r in multi] == [r["step"] for r in one]  # only process 0 wrote (no duplicates)
     np.testing.assert_allclose([r["loss"] for r in multi if "loss" in r], [r["loss"] for r in one if "loss" in r],
                                rtol=1e-5)
-    assert [r for r in multi if "eval/top1" in r] == [r for r in one if "eval/top1" in r]
+    assert [r for r in multi if "val/top1" in r] == [r for r in one if "val/top1" in r]
 
     import jax
     a, b = final_params(tmp_path / "multi"), final_params(tmp_path / "single")

@@ -11,7 +11,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config.batch_size=16", "--config.task.image_size=16", "--config.model.width=8",
-         "--config.task.train_examples=256", "--config.eval_every=0", "--config.log_every=1"]
+         "--config.task.train_examples=256", "--config.evals.val.every=0", "--config.log_every=1"]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 

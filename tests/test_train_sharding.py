@@ -7,8 +7,10 @@ import textwrap
 
 import numpy as np
 
+from experiments.pose import DEMO_W16
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = {"total_steps": 6, "batch_size": 16, "log_every": 1, "eval_every": 3, "checkpoint_every": 3,
+SMALL = {"total_steps": 6, "batch_size": 16, "log_every": 1, "evals.val.every": 3, "checkpoint_every": 3,
          "task.image_size": 16, "model.width": 8, "task.train_examples": 256, "task.eval_examples": 40}
 
 
@@ -56,8 +58,8 @@ def test_8_devices_match_1_device_and_fsdp_shards(tmp_path):
             a, b = got[name], ref[name]
             rel = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
             assert rel <= 1e-5, (k, name, rel)
-        assert res[k]["eval"].keys() == {"eval/top1", "eval/top5"}
-        np.testing.assert_allclose(res[k]["eval"]["eval/top1"], res["d1"]["eval"]["eval/top1"], atol=100 / 40)
+        assert res[k]["eval"].keys() == {"val/top1", "val/top5"}
+        np.testing.assert_allclose(res[k]["eval"]["val/top1"], res["d1"]["eval"]["val/top1"], atol=100 / 40)
     # data parallel: replicated params; FSDP: the big kernels are split over the 8 devices
     assert all("data" not in s for s in res["d8"]["specs"].values())
     sharded = [p for p, s in res["fsdp"]["specs"].items() if "data" in s]
@@ -82,3 +84,38 @@ def test_8_devices_match_1_device_and_fsdp_shards(tmp_path):
         got, want = np.load(tmp_path / f"{k}_restored.npz"), np.load(tmp_path / f"{k}.npz")
         for name in want.files:
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_narrow_hrnet_on_8_devices_with_a_resume_matches_1_device(tmp_path):
+    """The demo-width HRNet (BatchNorm over the global batch, oneDNN convs on 1 CPU device, XLA's on 8): 3 steps on
+    1 device vs 2 + (restart) 1 on 8 devices give the same parameters and batch statistics."""
+    hr = {"total_steps": 3, "batch_size": 8, "log_every": 1, "evals.val.every": 0, "checkpoint_every": 1,
+          "task.image_size": 32, "task.train_examples": 64, "optimizer.lr": 0.02,
+          "model": "{'name': 'hrnet_w18_small_v1', 'dtype': 'float32', 'arch': %r}" % (DEMO_W16,)}
+    save = """
+        np.savez(path, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in
+                 jax.tree_util.tree_leaves_with_path((r.state.params, r.state.batch_stats))})"""
+    run_py(f"""
+        import jax, numpy as np
+        from experiments import get_experiment
+        from hrnet_jax.train import train
+        r = train(get_experiment("cls_synthetic", {hr!r}), "{tmp_path}/one", quiet=True)
+        path = "{tmp_path}/one.npz"
+        {save}
+        """, devices=1)
+    run_py(f"""
+        import jax, numpy as np
+        from experiments import get_experiment
+        from hrnet_jax.train import train
+        cfg = get_experiment("cls_synthetic", {hr!r})
+        train(cfg.override({{"total_steps": 2}}), "{tmp_path}/eight", quiet=True)
+        r = train(cfg, "{tmp_path}/eight", quiet=True)     # resumes at step 2
+        assert int(r.state.step) == 3 and len(r.history) == 1, r.history
+        path = "{tmp_path}/eight.npz"
+        {save}
+        """, devices=8)
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")
+    assert a.files == b.files
+    for name in a.files:
+        rel = np.linalg.norm(a[name] - b[name]) / max(np.linalg.norm(a[name]), 1e-12)
+        assert rel <= 2e-4, (name, rel)

@@ -57,6 +57,15 @@ class Checkpointer:
         self.manager.close()
 
 
+def latest_step_on_disk(directory: str) -> int | None:
+    """The newest finalized step folder of a checkpoint directory (Orbax writes unfinished ones under temporary
+    names), without opening a manager; None if there is none."""
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))]
+    return max(steps) if steps else None
+
+
 def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 

@@ -126,6 +126,8 @@ def coerce(current: Any, value: Any, path: str = "value") -> Any:
                 fail(" (it is a group of settings: set its fields one by one, or give a dict literal)")
             if not current or not value:
                 return Config(value)
+        if isinstance(value, Mapping) and not current:
+            return Config(value)
         if isinstance(value, Mapping):
             out = current.copy()
             for k, v in value.items():

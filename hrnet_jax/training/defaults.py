@@ -27,10 +27,19 @@ def default_config(**updates: Any) -> Config:
         best_mode="max",  # or "min"
         init_from="",  # Orbax checkpoint of {params, batch_stats} used when the workdir has no checkpoint
         init_from_mode="full",  # "full": every variable must match; "matching": take matching keys only
-        throttle_s=0.0,  # sleep after every step (tests; sharing a machine)
+        throttle_s=0.0,
+        # a resume whose config differs from the stored one: "refuse" any change but cadence / paths,
+        # "schedule" also accepts total_steps / batch_size / optimizer / seed changes (each stated with the lr
+        # it gives at the resume step), "all" accepts even state-breaking ones (model, task)
+        resume_changes="schedule",
+        guards=dict(
+            divergence_factor=1e4,  # stop when loss / param norm exceeds this x its running median; 0 = off
+            divergence_window=20,  # observations in that median
+        ),  # sleep after every step (tests; sharing a machine)
         model=dict(
             name="",  # hrnet_jax.models.create name (or a task-local model)
             dtype="float32",  # compute dtype ("bfloat16" for mixed precision; params stay float32)
+            arch=dict(),  # {} = the named model's architecture; else {stem_width, stages} (tasks.model_config)
         ),
         optimizer=dict(
             name="sgd",  # "sgd" | "adam" | "adamw"

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from hrnet_jax.data import pipeline as dp
 from hrnet_jax.data.keypoints import KeypointSpec, get_spec
 from hrnet_jax.data.sources.coco_keypoints import CocoKeypointSource
 from hrnet_jax.tasks.base import Task
@@ -122,7 +123,7 @@ class PoseTask(Task):
                                    rot_prob=t.rot_prob, flip=t.flip, prob_half_body=t.prob_half_body,
                                    num_joints_half_body=t.num_joints_half_body,
                                    use_joint_weights=t.use_joint_weights)
-        self.read = P.ReadConfig(num_threads=t.read_threads, prefetch_batches=t.read_prefetch_batches,
+        self.read = dp.ReadConfig(num_threads=t.read_threads, prefetch_batches=t.read_prefetch_batches,
                                  worker_count=t.read_workers)
         self._paths: dict[str, str] | None = None
         self._train_source: CocoKeypointSource | None = None
