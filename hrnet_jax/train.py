@@ -196,7 +196,7 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
                 good = guard.last_sane_checkpoint()
                 good = f"step {good} in {ckpt_dir}" if good is not None else "none (no sane checkpoint was written)"
                 raise NonFiniteLossError(
-                    f"{problem} at step {s}: training stopped. Last good checkpoint: {good}. "
+                    f"{problem}: training stopped. Last good checkpoint: {good}. "
                     f"Lower optimizer.lr, add optimizer.grad_clip_norm or warmup, or check the data.")
             window.append(m)
         pending = []

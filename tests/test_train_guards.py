@@ -54,9 +54,10 @@ def test_unwritable_workdir_fails_before_compute(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     r = cli("--experiment=cls_synthetic", f"--workdir={tmp_path}", *SMALL, "--config.total_steps=40",
             "--config.checkpoint_every=2", "--config.log_every=1", "--config.optimizer.lr=1e8",
-            "--config.optimizer.warmup_steps=4", "--config.optimizer.schedule=constant")
+            "--config.optimizer.warmup_steps=4", "--config.optimizer.schedule=constant",
+            "--config.guards.divergence_factor=0")   # only the non-finite check
     assert r.returncode != 0
-    m = re.search(r"(loss is (nan|inf)|parameters became non-finite.*?) at step (\d+): training stopped", r.stderr)
+    m = re.search(r"(is (nan|inf)|non-finite.*?) at step (\d+).*: training stopped", r.stderr)
     assert m and "Last good checkpoint" in r.stderr, r.stderr[-2000:]
     bad_step = int(m.group(3))
     from hrnet_jax.training.checkpoint import load_variables
@@ -67,3 +68,55 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     import jax
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
     assert f"step {max(ckpts)}" in r.stderr
+
+
+def test_held_workdir_is_refused_naming_the_holder_and_a_killed_run_does_not_block(tmp_path):
+    import time
+    from hrnet_jax.training.workdir import read_lock_holder
+    slow = subprocess.Popen([sys.executable, "-m", "hrnet_jax.train", "--experiment=cls_synthetic",
+                             f"--workdir={tmp_path}", *SMALL, "--config.total_steps=400",
+                             "--config.throttle_s=0.2"], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if read_lock_holder(str(tmp_path)):
+                break
+            time.sleep(0.1)
+        r = cli("--experiment=cls_synthetic", f"--workdir={tmp_path}", *SMALL, "--config.total_steps=2")
+        assert r.returncode == 2 and str(slow.pid) in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    finally:
+        slow.kill()   # SIGKILL: the kernel drops its lock
+        slow.wait()
+    r = cli("--experiment=cls_synthetic", f"--workdir={tmp_path}", *SMALL, "--config.total_steps=2",
+            "--config.checkpoint_every=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_rejected_commands_keep_the_stored_config_and_name_keys(tmp_path):
+    args = ["--experiment=cls_synthetic", f"--workdir={tmp_path}", *SMALL, "--config.total_steps=2",
+            "--config.checkpoint_every=2"]
+    assert cli(*args).returncode == 0
+    stored = (tmp_path / "config.json").read_bytes()
+    r = cli(*args, "--config.batch_size=0", "--config.optimizer.lr=-1", "--config.keep_checkpoints=0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    for key in ("batch_size = 0", "optimizer.lr = -1", "keep_checkpoints = 0"):
+        assert key in r.stderr, r.stderr
+    r = cli(*args, "--config.model.width=16")   # a different network: the checkpoint cannot be resumed
+    assert r.returncode != 0 and "model.width: 8 -> 16" in r.stderr, r.stderr[-2000:]
+    assert (tmp_path / "config.json").read_bytes() == stored
+    r = cli(*args[:-2], "--config.total_steps=3", "--config.checkpoint_every=3")   # more steps: stated
+    assert r.returncode == 0 and "total_steps: 2 -> 3" in r.stderr and "lr at step 2" in r.stderr, r.stderr[-2000:]
+    assert len(os.listdir(tmp_path / "configs")) == 2
+
+
+def test_finite_divergence_stops_and_names_a_sane_checkpoint(tmp_path):
+    r = cli("--experiment=cls_synthetic", f"--workdir={tmp_path}", *SMALL, "--config.total_steps=60",
+            "--config.checkpoint_every=2", "--config.log_every=1", "--config.optimizer.name=adam",
+            "--config.optimizer.lr=1e-2", "--config.optimizer.warmup_steps=0", "--config.optimizer.schedule=step",
+            "--config.optimizer.boundaries=(6,)", "--config.optimizer.decay_factor=1e8",   # lr 1e6 after step 6
+            "--config.optimizer.weight_decay=0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    m = re.search(r"Last good checkpoint: step (\d+)", r.stderr)
+    assert m, r.stderr[-2000:]
+    rows = {x["step"]: x for x in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in x}
+    assert int(m.group(1)) >= 2 and rows[int(m.group(1))]["loss"] < 100.0   # taken before the blow-up

@@ -162,11 +162,7 @@ def validate_loop_config(cfg: Mapping, n_devices: int, process_count: int = 1) -
                                           f"{total % accum} steps would accumulate gradients that are never "
                                           f"applied")
             updates = total // accum
-        warm = check(o + "warmup_steps", nonneg, "must be >= 0")
-        if warm is not _NOT_SET and updates is not _NOT_SET and warm and warm >= updates:
-            per = f" (optimizer updates: total_steps {total} / accum_steps {accum})" \
-                if accum not in (_NOT_SET, 1) else ""
-            bad(o + "warmup_steps", warm, f"must be < {updates}{per}; the warmup would never end")
+        check(o + "warmup_steps", nonneg, "must be >= 0")  # >= total_steps is allowed: short smoke runs
         bounds = _get(cfg, o + "boundaries")
         if schedule == "step" and bounds is not _NOT_SET:
             if not isinstance(bounds, (list, tuple)) or not all(_is_num(b) and math.isfinite(b) and b > 0
