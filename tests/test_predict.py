@@ -178,19 +178,46 @@ def test_workdir_checkpoint(tmp_path):
     assert not (tmp_path / "data").exists()                                # no dataset generated for predict
 
 
-def test_evaluate_matches_pycocotools_on_written_results(converted, tmp_path):
-    """``--evaluate``: the experiment's val set through eval step + evaluator without training; its AP equals
-    pycocotools run directly on the results JSON it wrote."""
+def _gt_heatmap_forward(monkeypatch, offset_px: float):
+    """PoseTask.forward replaced by hand-made heatmaps: a Gaussian at every GT joint of the box (found by its
+    center in the eval source), moved ``offset_px`` heatmap pixels to the right."""
+    from hrnet_jax.data.ops.affine import affine_points, get_affine_transform
+    from hrnet_jax.tasks.pose.task import PoseTask
+
+    def forward(self, apply_fn, variables, batch, *, train, rngs=None):
+        src = self.eval_source()
+        hh, hw = self.heatmap_size
+        centers = np.stack([src[i]["center"] for i in range(len(src))]).astype(np.float32)
+        maps = []
+        yy, xx = np.mgrid[0:hh, 0:hw]
+        for i in range(len(src)):
+            rec = src[i]
+            pts = affine_points(rec["joints"], get_affine_transform(rec["center"], rec["scale"], 0, (hw, hh)))
+            g = np.exp(-((xx[None] - pts[:, :1, None] - offset_px) ** 2 + (yy[None] - pts[:, 1:, None]) ** 2) / 4.5)
+            maps.append(np.moveaxis(g, 0, -1))
+        table_c, table_m = jnp.asarray(centers), jnp.asarray(np.stack(maps).astype(np.float32))
+        idx = jnp.argmin(jnp.sum((batch["center"][:, None] - table_c[None]) ** 2, -1), axis=1)
+        return {"heatmaps": table_m[idx]}
+
+    monkeypatch.setattr(PoseTask, "forward", forward)
+
+
+@pytest.mark.parametrize("offset,ap_range", [(0.0, (0.9, 1.0)), (6.0, (0.0, 0.2))])
+def test_evaluate_gives_the_known_ap_of_hand_made_heatmaps(converted, tmp_path, monkeypatch, offset, ap_range):
+    """``--evaluate``: the experiment's val set through the eval step + evaluator without training. Heatmaps
+    peaking at the GT joints give AP near 1, the same moved by 6 heatmap pixels give AP near 0; both equal
+    pycocotools run directly on the results JSON the evaluator wrote."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+    _gt_heatmap_forward(monkeypatch, offset)
     root, out = tmp_path / "data", tmp_path / "eval"
     results = tmp_path / "results.json"
     rc = main(["--checkpoint", converted, "--evaluate", "pose_demo", "--out", str(out),
                f"--config.task.data_root={root}", "--config.task.synthetic.num_train=2",
-               "--config.task.synthetic.num_val=5", "--config.task.synthetic.image_size_hw=(96,96)",
+               "--config.task.synthetic.num_val=6", "--config.task.synthetic.image_size_hw=(96,96)",
                f"--config.task.input_size=({H_IN},{W_IN})", "--config.task.eval_batch_size=4",
                f"--config.task.results_path={results}", "--config.task.use_oks_nms=False",
-               "--config.task.eval_boxes=gt"])
+               "--config.task.eval_boxes=gt", "--config.task.flip_test=False"])
     assert rc == 0
     metrics = json.loads((out / "eval_metrics.json").read_text())
     gt = COCO(str(root / "annotations" / "person_keypoints_val.json"))
@@ -202,3 +229,4 @@ def test_evaluate_matches_pycocotools_on_written_results(converted, tmp_path):
     ev.summarize()
     assert metrics["val/AP"] == pytest.approx(max(float(ev.stats[0]), 0.0), abs=1e-9)
     assert metrics["val/AR"] == pytest.approx(max(float(ev.stats[5]), 0.0), abs=1e-9)
+    assert ap_range[0] <= metrics["val/AP"] <= ap_range[1], metrics
