@@ -26,8 +26,8 @@ def test_pose_demo_notebook_runs(tmp_path, monkeypatch):
     client.execute()
     # The loop wrote its eval row (COCOeval through the real evaluator) and a checkpoint the predictor used.
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "eval/AP" in r]
-    assert evals and evals[-1]["step"] == 4 and 0.0 <= evals[-1]["eval/AP"] <= 1.0
+    evals = [r for r in rows if "val/AP" in r]
+    assert evals and evals[-1]["step"] == 4 and 0.0 <= evals[-1]["val/AP"] <= 1.0
     assert (workdir / "checkpoints" / "4").is_dir()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

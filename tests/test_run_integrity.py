@@ -223,11 +223,11 @@ def test_cadence_paths_and_new_keys_are_harmless():
     new = base_cfg().override(["log_every=5", "checkpoint_every=7", "keep_checkpoints=9", "throttle_s=0.5",
                                "task.data_root=/elsewhere", "init_from=/w"])
     new_d = new.to_dict()
-    new_d["guards"] = {"divergence_factor": 1e4}  # a key added since that run
+    new_d["guards"] = {**new_d.get("guards", {}), "a_new_guard": 1}  # a key added since that run
     new_d["resume_changes"] = "schedule"  # never compared
     d = compare_configs(stored, new_d, step=60)
     assert {c.key for c in d.harmless} == {"log_every", "checkpoint_every", "keep_checkpoints", "throttle_s",
-                                           "task.data_root", "init_from", "guards.divergence_factor"}
+                                           "task.data_root", "init_from", "guards.a_new_guard"}
     assert not d.breaking and not d.schedule
     lines = d.check("refuse")  # does not raise; says what changed
     assert any("task.data_root" in l for l in lines)

@@ -178,19 +178,23 @@ def train_dataset(num_records: int, example_fn: Callable[[int, np.random.Generat
                   reasons: Sequence[str] = DEFAULT_REASONS) -> grain.IterDataset:
     """Batches of training examples for one process (infinite when ``num_epochs`` is None).
 
-    ``range(num_records)[process_index::process_count]`` -> shuffle (a new order every epoch) -> repeat ->
-    ``example_fn`` with per-element generators (seed ``seed * 1000003 + process_index``) -> batch (drop
+    ``range(num_records)`` -> shuffle (a new order every epoch) -> repeat -> ``example_fn`` with per-element
+    generators (seed ``seed * 1000003``, keyed by the global position) -> ``[process_index::process_count]``
+    (so global batches do not depend on the process count) -> batch (drop
     remainder). Iterators support ``get_state`` / ``set_state`` and grain checkpointing.
     """
     if num_records <= 0:
         raise ValueError("train_dataset: no records")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    ds = grain.MapDataset.range(num_records)[process_index::process_count]
-    if len(ds) < batch_size:
-        raise ValueError(f"process {process_index} has {len(ds)} records, fewer than one batch of {batch_size}")
-    ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.random_map(_TrainFn(num_records, example_fn, reasons, max_retries), seed=seed * 1000003 + process_index)
+    if num_records < batch_size * process_count:
+        raise ValueError(f"{num_records} records are fewer than one global batch of {batch_size * process_count}")
+    # One global stream (order and augmentation draws keyed by the global position), then every process takes
+    # its rows of it: global batch t holds the same examples whatever the process count, and each process
+    # still reads only its own records (random access).
+    ds = grain.MapDataset.range(num_records).shuffle(seed=seed).repeat(num_epochs)
+    ds = ds.random_map(_TrainFn(num_records, example_fn, reasons, max_retries), seed=seed * 1000003)
+    ds = ds[process_index::process_count]
     return _finish(ds.batch(batch_size, drop_remainder=True), read)
 
 
