@@ -121,19 +121,46 @@ def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int
                             f"folder, nor a converted checkpoint (variables/ + model.json)")
 
 
+class InputError(ValueError):
+    """A bad input file: the message names the file and the problem."""
+
+
 def read_boxes(path: str, category_id: int = 1, score_thre: float = 0.0) -> dict[int, list[tuple]]:
-    """COCO results JSON → ``{image_id: [(x, y, w, h, score), ...]}``."""
-    with open(path) as f:
-        dets = json.load(f)
+    """COCO results JSON → ``{image_id: [(x, y, w, h, score), ...]}``; entries without a finite positive box are
+    skipped with a warning; a file that is not such a list is an :class:`InputError`."""
+    from hrnet_jax.data.sources.coco_keypoints import valid_box
+    try:
+        with open(path) as f:
+            dets = json.load(f)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(dets, list):
+        raise InputError(f"{path}: expected a JSON list of COCO results [{{image_id, bbox, score}}, ...], "
+                         f"got {type(dets).__name__}")
     out: dict[int, list[tuple]] = {}
+    bad = 0
     for d in dets:
+        if not (isinstance(d, dict) and "image_id" in d and "bbox" in d and valid_box(d["bbox"])):
+            bad += 1
+            continue
         if int(d.get("category_id", category_id)) != category_id or float(d.get("score", 1.0)) < score_thre:
             continue
         x, y, w, h = (float(v) for v in d["bbox"][:4])
-        if w <= 0 or h <= 0:
-            continue
         out.setdefault(int(d["image_id"]), []).append((x, y, w, h, float(d.get("score", 1.0))))
+    if bad:
+        print(f"warning: {path}: {bad} entr{'y' if bad == 1 else 'ies'} without image_id or a finite box of "
+              f"positive size skipped", file=sys.stderr)
     return out
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomic: a killed or failed run leaves the previous file (or none), never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 class Predictor:
@@ -278,26 +305,34 @@ def _expand_images(spec: str) -> list[str]:
 
 
 def predict_images(pred: Predictor, paths: Sequence[str], out_dir: str, boxes: dict | None = None) -> list[dict]:
-    results = []
+    """Keypoints for every readable image; an unreadable one (missing, corrupt, truncated) is skipped with its
+    reason and counted; none readable is an :class:`InputError`."""
+    from hrnet_jax.data.ops.image import ImageReadError, read_image_rgb
+    results, skipped = [], []
     for i, path in enumerate(paths):
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            print(f"warning: cannot read {path}; skipped", file=sys.stderr)
+        try:
+            rgb = read_image_rgb(path)
+        except ImageReadError as e:
+            print(f"warning: {path}: {e.reason}; skipped", file=sys.stderr)
+            skipped.append(path)
             continue
         image_id = _image_id(path, i)
-        people = pred.predict(bgr[:, :, ::-1], (boxes or {}).get(image_id))
+        people = pred.predict(rgb, (boxes or {}).get(image_id))
         results += pred.results(people, image_id, os.path.basename(path))
         stem = os.path.splitext(os.path.basename(path))[0]
-        cv2.imwrite(os.path.join(out_dir, f"{stem}.jpg"), pred.draw(bgr, people))
-    with open(os.path.join(out_dir, "keypoints.json"), "w") as f:
-        json.dump(results, f)
+        cv2.imwrite(os.path.join(out_dir, f"{stem}.jpg"), pred.draw(np.ascontiguousarray(rgb[:, :, ::-1]), people))
+    if len(skipped) == len(paths):
+        raise InputError(f"{paths[0] if len(paths) == 1 else f'all {len(paths)} images'}: no readable image")
+    _write_json(os.path.join(out_dir, "keypoints.json"), results)
     return results
 
 
 def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None = None) -> tuple[str, list[dict]]:
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
-        raise FileNotFoundError(f"cannot open video {path}")
+        raise InputError(f"{path}: not a video OpenCV can open")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     stem = os.path.splitext(os.path.basename(path))[0]
     out_path = os.path.join(out_dir, f"{stem}_pose.mp4")
@@ -318,8 +353,9 @@ def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None =
         cap.release()
         if writer is not None:
             writer.release()
-    with open(os.path.join(out_dir, f"{stem}_keypoints.json"), "w") as f:
-        json.dump(results, f)
+    if frame == 0:
+        raise InputError(f"{path}: no frame could be decoded (not a video?)")
+    _write_json(os.path.join(out_dir, f"{stem}_keypoints.json"), results)
     return out_path, results
 
 
@@ -367,22 +403,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pred = Predictor(a.checkpoint, step=a.step, input_size=input_size, spec=a.spec, batch_size=a.batch_size,
                          kpt_thre=a.kpt_thre)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
-    boxes = read_boxes(a.boxes, pred.spec.category_id, a.box_thre) if a.boxes else None
-    if a.images:
-        paths = _expand_images(a.images)
-        if not paths:
-            print(f"error: no images match {a.images!r}", file=sys.stderr)
-            return 2
-        res = predict_images(pred, paths, a.out, boxes)
-        print(f"{len(paths)} image(s), {len(res)} person(s): {os.path.join(a.out, 'keypoints.json')}")
-    if a.video:
-        vboxes = read_boxes(a.video_boxes, pred.spec.category_id, a.box_thre) if a.video_boxes else None
-        out_path, res = predict_video(pred, a.video, a.out, vboxes)
-        print(f"video: {out_path} ({len(res)} person-frames)")
+    try:
+        boxes = read_boxes(a.boxes, pred.spec.category_id, a.box_thre) if a.boxes else None
+        if a.images:
+            paths = _expand_images(a.images)
+            if not paths:
+                print(f"error: no images match {a.images!r}", file=sys.stderr)
+                return 2
+            res = predict_images(pred, paths, a.out, boxes)
+            print(f"{len(paths)} image(s), {len(res)} person(s): {os.path.join(a.out, 'keypoints.json')}")
+        if a.video:
+            vboxes = read_boxes(a.video_boxes, pred.spec.category_id, a.box_thre) if a.video_boxes else None
+            out_path, res = predict_video(pred, a.video, a.out, vboxes)
+            print(f"video: {out_path} ({len(res)} person-frames)")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

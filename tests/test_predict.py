@@ -230,3 +230,36 @@ def test_evaluate_gives_the_known_ap_of_hand_made_heatmaps(converted, tmp_path, 
     assert metrics["val/AP"] == pytest.approx(max(float(ev.stats[0]), 0.0), abs=1e-9)
     assert metrics["val/AR"] == pytest.approx(max(float(ev.stats[5]), 0.0), abs=1e-9)
     assert ap_range[0] <= metrics["val/AP"] <= ap_range[1], metrics
+
+
+def test_bad_inputs_end_in_one_line_and_write_nothing(converted, tmp_path, capsys):
+    """Each bad input: exit 2, one ``error: <file>: <problem>`` line, no keypoints.json written."""
+    imgs = _synthetic_images(str(tmp_path / "imgs"), n=1)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(open(imgs[0], "rb").read()[:400])
+    (tmp_path / "boxes_bad.json").write_text("[{\"image_id\": 1, \"bbox\": [1, 2")
+    (tmp_path / "not_video.mp4").write_text("just text")
+    base = ["--checkpoint", converted, "--input-size", f"{H_IN}x{W_IN}"]
+    cases = {
+        "missing image": (["--images", str(tmp_path / "nope.jpg")], "nope.jpg: no readable image"),
+        "truncated JPEG": (["--images", str(truncated)], "cut.jpg: no readable image"),
+        "malformed boxes JSON": (["--images", imgs[0], "--boxes", str(tmp_path / "boxes_bad.json")],
+                                 "boxes_bad.json: not valid JSON"),
+        "not a video": (["--video", str(tmp_path / "not_video.mp4")], "not_video.mp4: "),
+    }
+    for name, (args, msg) in cases.items():
+        out = tmp_path / ("out_" + name.replace(" ", "_"))
+        rc = main(base + args + ["--out", str(out)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and msg in lines[0], (name, err)
+        assert not (out / "keypoints.json").exists() and not list(out.glob("*_keypoints.json")), name
+    # a box with NaN or zero width among good ones: skipped with a warning, the rest predicted
+    (tmp_path / "boxes_nan.json").write_text(json.dumps([
+        {"image_id": 1, "category_id": 1, "bbox": [float("nan"), 0, 10, 10], "score": 1.0},
+        {"image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10], "score": 1.0},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 60], "score": 0.9}]).replace("NaN", "NaN"))
+    out = tmp_path / "out_nan"
+    assert main(base + ["--images", imgs[0], "--boxes", str(tmp_path / "boxes_nan.json"), "--out", str(out)]) == 0
+    assert "2 entries without image_id or a finite box" in capsys.readouterr().err
+    assert len(json.loads((out / "keypoints.json").read_text())) == 1

@@ -33,8 +33,20 @@ from hrnet_jax.data.keypoints import KeypointSpec
 log = logging.getLogger(__name__)
 
 
+def valid_box(bbox) -> bool:
+    """``[x, y, w, h]`` with finite numbers and a positive width and height."""
+    try:
+        x, y, w, h = (float(v) for v in bbox[:4])
+    except (TypeError, ValueError):
+        return False
+    return bool(np.all(np.isfinite((x, y, w, h)))) and w > 0 and h > 0
+
+
 def clip_box(bbox: Sequence[float], width: int, height: int) -> list[float] | None:
-    """The official clean_bbox: clipped [x, y, w, h], or None when nothing is left."""
+    """The official clean_bbox: clipped [x, y, w, h], or None when nothing is left (also for a box without width
+    or height, or with non-finite values, which the official code would keep as a degenerate crop)."""
+    if not valid_box(bbox):
+        return None
     x, y, w, h = (float(v) for v in bbox[:4])
     x1, y1 = max(0.0, x), max(0.0, y)
     x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
@@ -84,9 +96,19 @@ class CocoKeypointSource:
                 if rec is not None:
                     recs.append(rec)
         else:
-            with open(det_file) as f:
-                dets = json.load(f)
+            try:
+                with open(det_file) as f:
+                    dets = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{det_file}: not a JSON list of detections ({e})") from None
+            if not isinstance(dets, list):
+                raise ValueError(f"{det_file}: expected a JSON list of COCO results "
+                                 f"[{{image_id, category_id, bbox, score}}, ...], got {type(dets).__name__}")
             for det in dets:
+                if not (isinstance(det, dict) and {"image_id", "bbox", "score"} <= set(det)
+                        and valid_box(det["bbox"])):
+                    self.stats["skipped_det_bad_box"] += 1
+                    continue
                 if int(det.get("category_id", 1)) != spec.category_id:
                     self.stats["skipped_det_other_category"] += 1
                     continue
@@ -146,6 +168,9 @@ class CocoKeypointSource:
         kp = np.asarray(ann.get("keypoints", []), dtype=np.float32).reshape(-1, 3)
         if kp.shape[0] != k:
             raise ValueError(f"annotation {ann.get('id')} has {kp.shape[0]} keypoints, spec has {k}")
+        if not np.all(np.isfinite(kp)) or np.any((kp[:, 2] < 0) | (kp[:, 2] > 2)):
+            self.stats["skipped_bad_keypoints"] += 1   # visibility outside {0, 1, 2} or non-finite values
+            return None
         if not np.any(kp[:, 2] > 0):
             self.stats["skipped_no_keypoints"] += 1
             return None
