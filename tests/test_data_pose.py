@@ -61,6 +61,13 @@ def damaged(tmp_path):
     extra = dict(ann["annotations"][0])
     extra.update(id=999999, keypoints=[0] * 51, num_keypoints=0)
     ann["annotations"].append(extra)
+    flat = dict(ann["annotations"][0])   # a zero-width box
+    flat.update(id=999998, bbox=[10.0, 10.0, 0.0, 30.0])
+    neg = dict(ann["annotations"][0])    # a negative visibility flag
+    kp = list(neg["keypoints"])
+    kp[2] = -1
+    neg.update(id=999997, keypoints=kp)
+    ann["annotations"] += [flat, neg]
     json.dump(ann, open(paths["train_ann"], "w"))
     # also corrupt one val image
     val = json.load(open(paths["val_ann"]))
@@ -71,7 +78,7 @@ def damaged(tmp_path):
     n_val_bad = sum(a["image_id"] == val["images"][0]["id"] and a["num_keypoints"] > 0 for a in val["annotations"])
     n_no_kp = sum(a["num_keypoints"] == 0 for a in ann["annotations"])
     return paths, dict(corrupt=n_corrupt, missing=n_missing, no_kp=n_no_kp, val_bad=n_val_bad,
-                       total=sum(a["num_keypoints"] > 0 for a in ann["annotations"]))
+                       total=sum(a["num_keypoints"] > 0 for a in ann["annotations"]) - 2)   # the two bad ones
 
 
 HW, HM = (64, 48), (16, 12)
@@ -97,6 +104,7 @@ def test_corrupt_missing_and_empty_are_skipped_and_counted(damaged):
     assert n["corrupt"] >= 1 and n["missing"] >= 1 and n["no_kp"] >= 1
     src, ev_src = _sources(paths)
     assert src.stats["skipped_no_keypoints"] == n["no_kp"]
+    assert src.stats["skipped_bad_box"] == 1 and src.stats["skipped_bad_keypoints"] == 1
     assert src.stats["skipped_missing_image"] == n["missing"]   # absent files are dropped with the index
     assert len(src) == n["total"] - n["missing"]
     it = iter(_train(src, batch_size=1, read=dp.ReadConfig(num_threads=2)))
