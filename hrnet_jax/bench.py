@@ -138,7 +138,8 @@ def torch_machine_info(torch_mod) -> dict:
 
 
 def _onednn_status() -> str:
-    """Whether HRNet's default (``onednn=None``) computes conv gradients with oneDNN here, and why not."""
+    """Whether the default execution policy (``ExecutionPolicy(onednn=None)``) computes conv gradients with oneDNN
+    here, and why not."""
     from hrnet_jax.kernels import onednn
     reason = onednn.default_off_reason()
     return f"on ({onednn.default_threads()} OpenMP thread(s) per conv)" if reason is None else f"off: {reason}"
@@ -222,8 +223,8 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     from hrnet_jax.models.fold import fold_batchnorm
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
-    kw: dict[str, Any] = dict(scan=not args.no_scan, dtype=dtype,
-                              onednn={"auto": None, "on": True, "off": False}[args.onednn])
+    policy = models.ExecutionPolicy(onednn={"auto": None, "on": True, "off": False}[args.onednn])
+    kw: dict[str, Any] = dict(scan=not args.no_scan, dtype=dtype, execution=policy)
     if args.scan_unroll != "true":
         kw["scan_unroll"] = int(args.scan_unroll)
     if args.tiny:
@@ -240,7 +241,7 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=opts)
     infer_f = jax.jit(folded.apply, compiler_options=opts)
     # The oneDNN custom calls are invisible to XLA's cost analysis: count the flops on an XLA-only copy.
-    xla_model = model.clone(onednn=False) if model.opts.onednn else None
+    xla_model = model.clone(onednn=False) if model.execution.resolve().onednn else None
     flops_of = {infer: None, infer_f: None}
     if xla_model is not None:
         flops_of = {infer: jax.jit(lambda v, x: xla_model.apply(v, x, train=False)),
@@ -594,7 +595,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-scan", action="store_true", help="unrolled Python loops instead of nn.scan")
     p.add_argument("--scan-unroll", default="true", help="'true' (full unroll) or k (rolled loop of k units)")
     p.add_argument("--onednn", default="auto", choices=["auto", "on", "off"],
-                   help="conv gradients through oneDNN (kernels.onednn): auto = HRNet's default (on for one CPU device)")
+                   help="conv gradients through oneDNN (execution.ExecutionPolicy): auto = on for one CPU device")
     p.add_argument("--no-unfolded", action="store_true", help="skip the BN-unfolded inference measurement")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--tiny", action="store_true",

@@ -33,22 +33,16 @@ def _group(root: str) -> str:
 
 
 def summarize(name: str, input_hw=(224, 224), **overrides) -> dict:
-    model = registry.create(name, **{**overrides, "scan": False})
+    model = registry.create(name, **{**overrides, "scan": False}).module  # the architecture, no execution policy
     x = jnp.zeros((1, *input_hw, 3), jnp.float32)
     macs = OrderedDict((g, 0) for g, _ in _GROUPS)
     macs["head"] = 0
 
-    inside = set()  # modules being counted: models.layers.Conv's super().__call__ must not count twice
-
     def count(next_fun, args, kwargs, context):
         mod = context.module
-        if context.method_name != "__call__" or not isinstance(mod, (nn.Conv, nn.Dense)) or id(mod) in inside:
+        if context.method_name != "__call__" or not isinstance(mod, (nn.Conv, nn.Dense)):
             return next_fun(*args, **kwargs)
-        inside.add(id(mod))
-        try:
-            out = next_fun(*args, **kwargs)
-        finally:
-            inside.discard(id(mod))
+        out = next_fun(*args, **kwargs)
         inp = args[0]
         if isinstance(mod, nn.Conv):
             kh, kw = mod.kernel_size

@@ -3,11 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.traverse_util import flatten_dict
 
 from hrnet_jax import models
 from hrnet_jax.models import HRNetConfig, StageConfig
-from hrnet_jax.models.fold import fold_batchnorm
+from hrnet_jax.models.fold import _bn_interceptor, fold_batchnorm
 
 TINY = HRNetConfig(stem_width=16, stages=(
     StageConfig(1, 1, "BOTTLENECK", (2,), (8,)),
@@ -70,5 +71,8 @@ def test_folded_rejects_train():
     model = models.create("pose_hrnet_w32", config=TINY)
     x = jnp.zeros((1, 64, 32, 3))
     folded, fparams = fold_batchnorm(model, model.init(jax.random.PRNGKey(0), x, train=False))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="inference-only"):
+        jax.eval_shape(lambda p, x: folded.apply(p, x, train=True), fparams, x)
+    # a training-mode BatchNorm met by the folding interceptor (the folded parameters, no running statistics)
+    with pytest.raises(ValueError, match="inference-only"), nn.intercept_methods(_bn_interceptor):
         jax.eval_shape(lambda p, x: folded.model.apply({"params": p}, x, train=True), fparams, x)

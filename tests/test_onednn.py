@@ -81,7 +81,8 @@ def test_hrnet_train_gradients_match_xla():
     from hrnet_jax import models
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 64, 64, 3), np.float32))
-    nets = {flag: models.create("hrnet_w18", config=TINY_CONFIG(), num_outputs=10, onednn=flag) for flag in (False, True)}
+    nets = {flag: models.create("hrnet_w18", config=TINY_CONFIG(), num_outputs=10,
+                                execution=models.ExecutionPolicy(onednn=flag)) for flag in (False, True)}
     v = nets[False].init(jax.random.PRNGKey(0), x, train=False)
     labels = jnp.array([3, 7])
 

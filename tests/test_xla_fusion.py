@@ -1,4 +1,5 @@
-"""XLA CPU does not re-compute HRNet's residual streams inside its fusions (``models.layers.cut_fusion``).
+"""XLA CPU does not re-compute HRNet's residual streams inside its fusions (``execution.cut_fusion``, applied by
+the execution policy after every block).
 
 Without the cut, XLA's fusion pass copies each block's BN / add / ReLU into every later consumer, so the work
 grows with the square of a stream's depth (in the full pose W32 train step: ~140-operand transposes, 2.3x the
@@ -10,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hrnet_jax.execution import ExecutionPolicy, PolicyModel
 from hrnet_jax.models.stream import Stream
 
 
 def _relus_in_compiled_hlo(cut: bool, num_blocks: int, train: bool) -> int:
-    stream = Stream(block="BASIC", num_blocks=num_blocks, planes=16, in_channels=16, train=train, cut_fusion=cut)
+    stream = PolicyModel(Stream(block="BASIC", num_blocks=num_blocks, planes=16, in_channels=16, train=train),
+                         ExecutionPolicy(onednn=False, cut_fusion=cut))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 16)), jnp.float32)
     v = stream.init(jax.random.PRNGKey(0), x)
     if train:

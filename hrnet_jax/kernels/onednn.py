@@ -18,7 +18,8 @@ network) also run the forward pass through oneDNN, on one OpenMP thread per core
 How it is built: on first use the C++ file is compiled with the system C++ compiler against jaxlib's FFI
 headers and the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (oneDNN 3.2, GNU OpenMP), into
 ``$HRNET_JAX_CACHE`` (default ``~/.cache/hrnet_jax``), keyed by a hash of the source and the versions. If anything
-is missing, :func:`unavailable_reason` says why and the model keeps XLA's gradients (``models.layers.Conv``).
+is missing, :func:`unavailable_reason` says why and the model keeps XLA's gradients
+(:class:`hrnet_jax.execution.ExecutionPolicy`, which decides which convs come here).
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def unavailable_reason() -> str | None:
 
 
 def default_off_reason() -> str | None:
-    """None where ``HRNet(onednn=None)`` uses the kernels (a single CPU device, kernels built); else why not.
+    """None where ``ExecutionPolicy(onednn=None)`` uses the kernels (a single CPU device, kernels built); else why not.
 
     Off on several devices: XLA's SPMD partitioner would replicate a custom call over a batch-sharded mesh."""
     if jax.default_backend() != "cpu" or jax.device_count() > 1:

@@ -64,7 +64,7 @@ def backbone(x, cfg: HRNetConfig, opts: ModuleOptions, train: bool, multi_scale_
 
     def cv(features, name):
         return conv(features, 3, 2, name=name, dtype=opts.dtype, param_dtype=opts.param_dtype,
-                    kernel_init=opts.kernel_init, onednn=opts.onednn, serial=opts.serial(train))
+                    kernel_init=opts.kernel_init)
 
     # Stem: two stride-2 3x3 convs, 1/4 resolution, 64 channels.
     if opts.dtype is not None:
@@ -98,8 +98,7 @@ class _Layer1(nn.Module):
     def __call__(self, x):
         o = self.opts
         common = dict(planes=self.planes, train=self.train, bn_momentum=o.bn_momentum, dtype=o.dtype,
-                      param_dtype=o.param_dtype, kernel_init=o.kernel_init, cut_fusion=o.cut_fusion,
-                      onednn=o.onednn, serial=o.serial(self.train))
+                      param_dtype=o.param_dtype, kernel_init=o.kernel_init)
         x = Bottleneck(**common, downsample=x.shape[-1] != self.planes * 4, name="0")(x)
         return repeat(Bottleneck, common, x, start=1, count=self.num_blocks - 1, scan=o.scan,
                       scan_unroll=o.scan_unroll)

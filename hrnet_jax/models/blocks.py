@@ -18,9 +18,6 @@ class _Block(ConvBNMixin, nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-    cut_fusion: bool = False  # see layers.cut_fusion (on for XLA CPU)
-    onednn: bool = False  # conv gradients through oneDNN: see layers.Conv / kernels.onednn
-    serial: bool = False  # with onednn: a single-stream block, every conv through oneDNN on all cores
 
     def _shortcut(self, x, out_ch):
         if not self.downsample:
@@ -37,7 +34,7 @@ class BasicBlock(_Block):
     def __call__(self, x):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 3, self.stride, "conv1")(x)))
         y = self._bn("bn2")(self._conv(self.planes, 3, 1, "conv2")(y))
-        return self._cut(nn.relu(y + self._shortcut(x, self.planes)))
+        return nn.relu(y + self._shortcut(x, self.planes))
 
 
 class Bottleneck(_Block):
@@ -50,7 +47,7 @@ class Bottleneck(_Block):
         y = nn.relu(self._bn("bn1")(self._conv(self.planes, 1, 1, "conv1")(x)))
         y = nn.relu(self._bn("bn2")(self._conv(self.planes, 3, self.stride, "conv2")(y)))
         y = self._bn("bn3")(self._conv(self.planes * 4, 1, 1, "conv3")(y))
-        return self._cut(nn.relu(y + self._shortcut(x, self.planes * 4)))
+        return nn.relu(y + self._shortcut(x, self.planes * 4))
 
 
 BLOCKS = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}

@@ -32,8 +32,6 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-    cut_fusion: bool = False  # see layers.cut_fusion
-    onednn: bool = False  # see layers.Conv / kernels.onednn
 
     def _term(self, xs, i, j):
         x, c = xs[j], self.channels
@@ -66,5 +64,5 @@ class ExchangeUnit(ConvBNMixin, nn.Module):
             y = self._term(xs, i, 0)
             for j in range(1, len(xs)):
                 y = y + self._term(xs, i, j)
-            outs.append(self._cut(nn.relu(y)))
+            outs.append(nn.relu(y))
         return tuple(outs)

@@ -109,11 +109,12 @@ def _bn_interceptor(next_fun, args, kwargs, context):
 @dataclasses.dataclass(frozen=True)
 class FoldedModel:
     """An HRNet with BN folded into its convs; ``apply(params, x)`` runs it in inference mode."""
-    model: nn.Module
+    model: Any  # the model (a models.create PolicyModel or a bare HRNet), with the unfolded architecture
     counts: tuple = ()
 
     def apply(self, params, x, **kwargs):
-        kwargs.pop("train", None)
+        if kwargs.pop("train", False):
+            raise ValueError("a folded model is inference-only (train=False)")
         with nn.intercept_methods(_bn_interceptor):
             return self.model.apply({"params": params}, x, train=False, **kwargs)
 
@@ -121,7 +122,7 @@ class FoldedModel:
         return self.apply(params, x)
 
 
-def fold_batchnorm(model: nn.Module, variables, eps: float = 1e-5,
+def fold_batchnorm(model: Any, variables, eps: float = 1e-5,
                    unstack: bool = True) -> tuple[FoldedModel, dict]:
     """``(folded_model, folded_params)``: ``folded_model.apply(folded_params, x) == model.apply(variables, x,
     train=False)`` up to float rounding, with every conv + BN pair computed as one conv (+ bias).

@@ -27,10 +27,9 @@ def _bn(opts: ModuleOptions, train: bool, name: str):
                      param_dtype=opts.param_dtype, name=name)
 
 
-def _conv(opts: ModuleOptions, features: int, kernel: int, stride: int, bias: bool, name: str, init=None,
-          serial: bool = False):
+def _conv(opts: ModuleOptions, features: int, kernel: int, stride: int, bias: bool, name: str, init=None):
     return conv(features, kernel, stride, bias=bias, name=name, dtype=opts.dtype, param_dtype=opts.param_dtype,
-                kernel_init=init or opts.kernel_init, onednn=opts.onednn, serial=serial)
+                kernel_init=init or opts.kernel_init)
 
 
 def classification_head(xs, opts: ModuleOptions, train: bool, num_classes: int, conv_bias: bool = True,
@@ -39,14 +38,13 @@ def classification_head(xs, opts: ModuleOptions, train: bool, num_classes: int, 
     for i, x in enumerate(xs):
         inc = Bottleneck(planes=HEAD_CHANNELS[i], downsample=True, train=train, bn_momentum=opts.bn_momentum,
                          dtype=opts.dtype, param_dtype=opts.param_dtype, kernel_init=opts.kernel_init,
-                         onednn=opts.onednn, name=f"incre_modules.{i}.0")(x)
+                         name=f"incre_modules.{i}.0")(x)
         if y is None:
             y = inc
         else:
-            d = _conv(opts, HEAD_CHANNELS[i] * 4, 3, 2, conv_bias, f"downsamp_modules.{i - 1}.0",
-                      serial=opts.serial(train))(y)
+            d = _conv(opts, HEAD_CHANNELS[i] * 4, 3, 2, conv_bias, f"downsamp_modules.{i - 1}.0")(y)
             y = inc + nn.relu(_bn(opts, train, f"downsamp_modules.{i - 1}.1")(d))
-    y = _conv(opts, 2048, 1, 1, conv_bias, "final_layer.0", serial=opts.serial(train))(y)
+    y = _conv(opts, 2048, 1, 1, conv_bias, "final_layer.0")(y)
     y = nn.relu(_bn(opts, train, "final_layer.1")(y))
     y = jnp.mean(y.astype(jnp.float32), axis=(1, 2))
     if pre_logits:

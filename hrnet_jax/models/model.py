@@ -1,6 +1,8 @@
-"""The HRNet model: backbone + one representation head, as a single Linen module.
+"""The HRNet model: backbone + one representation head, as a single Linen module (the architecture only).
 
-``HRNet(...).apply(variables, images_nhwc, train=bool, mutable=[...])``. Outputs by ``head``:
+``HRNet(...).apply(variables, images_nhwc, train=bool, mutable=[...])``. :func:`hrnet_jax.models.create` returns
+it wrapped with an execution policy (:mod:`hrnet_jax.execution`: oneDNN convs, fusion cuts on CPUs), which computes
+the same function with the same variables. Outputs by ``head``:
 
 * ``"classification"``: logits (B, num_classes)
 * ``"pose"`` (V1): heatmaps (B, H/4, W/4, num_outputs)
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -40,35 +41,13 @@ class HRNet(nn.Module):
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-    # layers.cut_fusion after blocks / exchange units: None = on when JAX's default backend is the CPU
-    cut_fusion: Optional[bool] = None
-    # gradients of float32 3x3 / strided convs through oneDNN custom calls (kernels.onednn): None = on when
-    # JAX's default backend is a single CPU device and the kernels build; True insists (an error says why not)
-    onednn: Optional[bool] = None
 
     @property
     def opts(self) -> ModuleOptions:
         return ModuleOptions(bn_momentum=self.bn_momentum, upsample=self.upsample,
                              align_corners=self.align_corners, scan=self.scan, scan_unroll=self.scan_unroll,
                              remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=self.kernel_init, cut_fusion=self._cut_fusion(),
-                             onednn=self._onednn())
-
-    def _onednn(self) -> bool:
-        if self.onednn is False:
-            return False
-        from hrnet_jax.kernels import onednn
-        if self.onednn is None:
-            return onednn.default_off_reason() is None
-        reason = onednn.unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(f"HRNet(onednn=True), but the oneDNN kernels cannot be used: {reason}")
-        return True
-
-    def _cut_fusion(self) -> bool:
-        if self.cut_fusion is None:
-            return jax.default_backend() == "cpu"
-        return bool(self.cut_fusion)
+                             kernel_init=self.kernel_init)
 
     @nn.compact
     def __call__(self, images, train: bool = False):

@@ -3,13 +3,16 @@
 Names follow timm for classification (``hrnet_w18_small_v1`` … ``hrnet_w64``; timm's ``hrnet_w18_small`` is
 accepted as an alias), the official repos for the task models (``pose_hrnet_w32``, ``seg_hrnet_w48``,
 ``seg_hrnet_ocr_w48``, ``hrnetv2p_w32``, ...). Overrides are the :class:`HRNet` fields plus the task aliases
-``num_classes`` / ``num_joints`` (both set ``num_outputs``).
+``num_classes`` / ``num_joints`` (both set ``num_outputs``), ``execution`` (an
+:class:`~hrnet_jax.execution.ExecutionPolicy`) and that policy's fields (``onednn``, ``cut_fusion``,
+``pointwise_matmul``) as shorthand.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 
+from hrnet_jax.execution import ExecutionPolicy, PolicyModel
 from hrnet_jax.models.backbone import CONFIGS
 from hrnet_jax.models.layers import KAIMING_FAN_OUT, NORMAL_0001
 from hrnet_jax.models.model import HRNet
@@ -42,6 +45,7 @@ def _specs() -> dict:
 MODEL_SPECS = _specs()
 ALIASES = {"hrnet_w18_small": "hrnet_w18_small_v1"}
 _FIELDS = {f.name for f in dataclasses.fields(HRNet)} - {"parent", "name", "config"}
+_POLICY_FIELDS = {f.name for f in dataclasses.fields(ExecutionPolicy)}
 
 
 def list_models() -> list[str]:
@@ -56,22 +60,29 @@ def resolve_name(name: str) -> str:
     return name
 
 
-def create(name: str, **overrides) -> HRNet:
-    """Builds a named HRNet. Example: ``create("pose_hrnet_w32", num_joints=17, dtype=jnp.bfloat16)``."""
+def create(name: str, **overrides) -> PolicyModel:
+    """Builds a named HRNet under an execution policy (default: ``ExecutionPolicy()``, decided per process).
+
+    Example: ``create("pose_hrnet_w32", num_joints=17, dtype=jnp.bfloat16)``; ``create(name, onednn=False)`` is
+    ``create(name, execution=ExecutionPolicy(onednn=False))``. ``.module`` of the result is the bare HRNet."""
     spec = dict(MODEL_SPECS[resolve_name(name)])
     for alias in ("num_classes", "num_joints"):
         if alias in overrides:
             overrides["num_outputs"] = overrides.pop(alias)
+    execution = overrides.pop("execution", None) or ExecutionPolicy()
+    if not isinstance(execution, ExecutionPolicy):
+        raise TypeError(f"execution must be an ExecutionPolicy, got {execution!r}")
+    execution = dataclasses.replace(execution, **{k: overrides.pop(k) for k in list(overrides)
+                                                  if k in _POLICY_FIELDS})
     width = overrides.pop("width", spec.pop("width"))
     spec.pop("width", None)
     config = overrides.pop("config", None)  # a custom HRNetConfig instead of a named width
     unknown = set(overrides) - _FIELDS
     if unknown:
-        raise TypeError(f"unknown override(s) {sorted(unknown)} for {name}; valid: "
-                        f"{sorted(_FIELDS | {'num_classes', 'num_joints', 'width', 'config'})}")
-    if config is not None:
-        return HRNet(config=config, **{**spec, **overrides})
-    if width not in CONFIGS:
-        raise KeyError(f"unknown width {width!r}; valid: {sorted(CONFIGS)}")
-    spec.update(overrides)
-    return HRNet(config=CONFIGS[width], **spec)
+        valid = _FIELDS | _POLICY_FIELDS | {"num_classes", "num_joints", "width", "config", "execution"}
+        raise TypeError(f"unknown override(s) {sorted(unknown)} for {name}; valid: {sorted(valid)}")
+    if config is None:
+        if width not in CONFIGS:
+            raise KeyError(f"unknown width {width!r}; valid: {sorted(CONFIGS)}")
+        config = CONFIGS[width]
+    return PolicyModel(HRNet(config=config, **{**spec, **overrides}), execution)

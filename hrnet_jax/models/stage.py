@@ -46,16 +46,6 @@ class ModuleOptions:
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-    cut_fusion: bool = False  # layers.cut_fusion after every block and exchange unit (XLA CPU)
-    onednn: bool = False  # 3x3 / strided conv gradients through oneDNN custom calls (layers.Conv, kernels.onednn)
-
-    def serial(self, train: bool) -> bool:
-        """Whether the single-stream sections (stem, stage 1, the classification head's downsampling chain) run
-        their convs forward and backward through oneDNN on all cores: when training with oneDNN. XLA runs those
-        sections one op at a time, its forward convs and the 1-thread gradient calls on one core while the other
-        cores idle (W32 train step, batch 4, 2 cores: 1.78-1.80 s -> 1.64-1.68 s; see ``kernels.onednn.conv2d``).
-        Inference keeps XLA's forward convs and their fusions."""
-        return self.onednn and train
 
 
 class HRModule(nn.Module):
@@ -69,8 +59,7 @@ class HRModule(nn.Module):
     def __call__(self, xs):
         o, cfg = self.opts, self.cfg
         common = dict(train=self.train, scan=o.scan, scan_unroll=o.scan_unroll, bn_momentum=o.bn_momentum,
-                      dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init,
-                      cut_fusion=o.cut_fusion, onednn=o.onednn)
+                      dtype=o.dtype, param_dtype=o.param_dtype, kernel_init=o.kernel_init)
         ys = tuple(
             Stream(block=cfg.block, num_blocks=cfg.num_blocks[b], planes=cfg.num_channels[b],
                    in_channels=self.in_channels[b], name=f"branches.{b}", **common)(xs[b])
@@ -81,8 +70,7 @@ class HRModule(nn.Module):
                             num_outputs=cfg.num_branches if self.multi_scale_output else 1,
                             upsample=o.upsample, align_corners=o.align_corners, train=self.train,
                             bn_momentum=o.bn_momentum, dtype=o.dtype, param_dtype=o.param_dtype,
-                            kernel_init=o.kernel_init, cut_fusion=o.cut_fusion, onednn=o.onednn,
-                            name="fuse_layers")(ys)
+                            kernel_init=o.kernel_init, name="fuse_layers")(ys)
 
 
 class Stage(nn.Module):
@@ -123,7 +111,7 @@ class Transition(nn.Module):
     def _conv_bn_relu(self, x, features, stride, prefix):
         o = self.opts
         x = conv(features, 3, stride, name=f"{prefix}.0", dtype=o.dtype, param_dtype=o.param_dtype,
-                 kernel_init=o.kernel_init, onednn=o.onednn)(x)
+                 kernel_init=o.kernel_init)(x)
         x = BatchNorm(use_running_average=not self.train, momentum=o.bn_momentum, dtype=o.dtype,
                       param_dtype=o.param_dtype, name=f"{prefix}.1")(x)
         return nn.relu(x)

@@ -88,15 +88,12 @@ class Stream(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = KAIMING_FAN_OUT
-    cut_fusion: bool = False
-    onednn: bool = False
 
     @nn.compact
     def __call__(self, x):
         cls = BLOCKS[self.block]
         common = dict(planes=self.planes, train=self.train, bn_momentum=self.bn_momentum, dtype=self.dtype,
-                      param_dtype=self.param_dtype, kernel_init=self.kernel_init, cut_fusion=self.cut_fusion,
-                      onednn=self.onednn)
+                      param_dtype=self.param_dtype, kernel_init=self.kernel_init)
         start = 0
         if self.in_channels != self.planes * cls.expansion:
             x = cls(**common, downsample=True, name="0")(x)
