@@ -497,18 +497,28 @@ def run_worker(framework: str, name: str, spec: dict, hw, batches, train_batch: 
 
 # ------------------------------------------------------------------------------------------------ pipeline
 def bench_pose_pipeline(batch_size: int, num_batches: int, root: str | None = None, hw=(256, 192)) -> dict:
-    from hrnet_jax.data.coco_keypoints import CocoKeypointSource
-    from hrnet_jax.data.synthetic_pose import ensure_synthetic_pose_dataset
+    """Pose input pipeline images/s (decode, crop, augment, targets; no model) with 1 and all reader threads,
+    each with the process's peak RSS after it (the read-ahead is bounded to a few batches)."""
+    import resource
+
+    from hrnet_jax.data import pipeline as dp
+    from hrnet_jax.data.keypoints import COCO17
+    from hrnet_jax.data.sources.coco_keypoints import CocoKeypointSource
+    from hrnet_jax.data.synthetic.pose import ensure_synthetic_pose_dataset
     from hrnet_jax.tasks.pose.pipeline import AugmentConfig, measure_throughput, train_dataset
-    from hrnet_jax.tasks.pose.spec import COCO17
     root = root or os.path.join(tempfile.gettempdir(), "hrnet_bench_synthetic_pose")
     paths = ensure_synthetic_pose_dataset(root, COCO17, num_train=64, num_val=8)
     src = CocoKeypointSource(paths["train_ann"], paths["train_images"], COCO17, hw)
-    ds = train_dataset(src, COCO17, hw, (hw[0] // 4, hw[1] // 4), 2.0, AugmentConfig(), batch_size, seed=0)
-    res = {"single_thread": measure_throughput(ds, num_batches=num_batches, num_threads=0)}
+    res = {}
     n = os.cpu_count() or 1
-    if n > 1:
-        res[f"{n}_threads"] = measure_throughput(ds, num_batches=num_batches, num_threads=n)
+    for name, threads in (("single_thread", 0), (f"{n}_threads", n)):
+        if name in res:
+            continue
+        read = dp.ReadConfig(num_threads=threads, prefetch_batches=2 * max(threads, 1))
+        ds = train_dataset(src, COCO17, hw, (hw[0] // 4, hw[1] // 4), 2.0, AugmentConfig(), batch_size, seed=0,
+                           read=read)
+        res[name] = measure_throughput(ds, num_batches=num_batches)
+        res[name]["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return res
 
 
@@ -566,7 +576,8 @@ def markdown(results: dict) -> str:
                 _fmt(t.get("train")), _fmt(ra.get("train"), 2)]) + " |")
     if results.get("pose_pipeline"):
         lines += ["", "Pose input pipeline (synthetic COCO-17, decode+augment+targets, no model): " + ", ".join(
-            f"{k}: {v['images_per_s']:.1f} img/s (batch {int(v['batch_size'])})"
+            f"{k}: {v['images_per_s']:.1f} img/s (batch {int(v['batch_size'])}, peak RSS "
+            f"{v.get('peak_rss_mib', float('nan')):.0f} MiB)"
             for k, v in results["pose_pipeline"].items())]
     return "\n".join(lines)
 
