@@ -92,11 +92,18 @@ def train(config: Config, workdir: str, *, devices: Sequence[jax.Device] | None 
     # ---------------------------------------------------------------------------------------------- checks, workdir
     mesh = shd.make_mesh(devices)
     data_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
-    n_dev = mesh.devices.size
-    pi, pc = jax.process_index(), jax.process_count()
-    validate_loop_config(cfg, n_dev, pc)  # every bad value named, before anything is written or computed
+    validate_loop_config(cfg, mesh.devices.size, jax.process_count())  # every bad value, before any write
     check_workdir(workdir)
-    lock = WorkdirLock(workdir, enabled=is_main).acquire()  # one run per workdir; released at exit / kill
+    lock, refused = WorkdirLock(workdir, enabled=is_main), None  # one run per workdir; released at exit / kill
+    try:
+        lock.acquire()
+    except WorkdirLockError as e:
+        refused = e
+    if jax.process_count() > 1:  # every process stops when process 0 could not take the lock
+        if np.any(multihost_utils.process_allgather(np.int32(refused is not None))) and refused is None:
+            refused = WorkdirLockError(f"process 0 could not lock {workdir}; see its output")
+    if refused is not None:
+        raise refused
     try:
         return _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet)
     finally:
