@@ -95,11 +95,10 @@ def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int
         if (cfg.get("task") or {}).get("name") != "pose":
             raise ValueError(f"{workdir} was trained for task {(cfg.get('task') or {}).get('name')!r}; predict "
                              f"handles pose checkpoints")
+        from hrnet_jax.tasks.pose.task import resolve_spec
         t = dict(cfg["task"])
-        spec_value = spec if spec is not None else t.get("spec", "coco")
-        if isinstance(spec_value, str) and spec_value not in ("coco", "mpii") and not os.path.isabs(spec_value):
-            spec_value = os.path.join(t.get("data_root", ""), spec_value)  # as training resolved it
-        t.update(synthetic={}, data_root="", det_file="", spec=spec_value)
+        spec_value = spec if spec is not None else resolve_spec(t.get("spec", "coco"), t.get("data_root", ""))
+        t.update(synthetic={}, data_root="", det_file="", spec=spec_value)   # as training resolved it
         if input_size:
             t["input_size"] = tuple(int(v) for v in input_size)
         state = load_variables(os.path.join(step_dir, "state"))

@@ -67,3 +67,10 @@ def test_official_evaluation_defaults():
     for name in ("pose_demo", "pose_w32"):
         t = get_experiment(name).task
         assert (t.oks_thre, t.in_vis_thre, t.use_oks_nms) == (0.9, 0.2, True), name
+
+
+def test_impossible_geometry_is_refused_at_build():
+    from hrnet_jax.training.config import ConfigError
+    for size in ((0, 0), (-64, 48), (63, 48)):
+        with pytest.raises(ConfigError, match="task.input_size"):
+            _task(input_size=size)

@@ -176,6 +176,22 @@ def test_workdir_checkpoint(tmp_path):
     (p,) = pred.predict(np.zeros((64, 48, 3), np.uint8))
     np.testing.assert_allclose(p["keypoints"][:, 2], 0.25, atol=1e-6)   # the saved (forced) weights were used
     assert not (tmp_path / "data").exists()                                # no dataset generated for predict
+    # a custom spec given relative to the working directory, inside a relative data_root: found as training
+    # found it (not data/x/data/x/spec.json)
+    from hrnet_jax.data.keypoints import COCO17 as coco
+    os.makedirs(tmp_path / "data" / "x")
+    (tmp_path / "data" / "x" / "spec.json").write_text(json.dumps({**coco.to_dict(), "name": "mine"}))
+    cfg2 = cfg.override({"task.data_root": "data/x", "task.spec": "data/x/spec.json"})
+    (wd / "config.json").write_text(json.dumps(cfg2.to_dict()))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert Predictor(str(wd), batch_size=1).spec.name == "mine"
+        cfg3 = cfg.override({"task.data_root": "data/x", "task.spec": "spec.json"})   # relative to data_root
+        (wd / "config.json").write_text(json.dumps(cfg3.to_dict()))
+        assert Predictor(str(wd), batch_size=1).spec.name == "mine"
+    finally:
+        os.chdir(cwd)
 
 
 def _gt_heatmap_forward(monkeypatch, offset_px: float):

@@ -44,7 +44,7 @@ DEFAULTS = dict(
     train_images="train2017",
     val_ann="annotations/person_keypoints_val2017.json",
     val_images="val2017",
-    spec="coco",                     # "coco" | "mpii" | path to a spec JSON (relative: to data_root)
+    spec="coco",                     # "coco" | "mpii" | a spec JSON (relative: as given if it exists, else in data_root)
     # generate the synthetic COCO-format dataset into data_root (hrnet_jax.data.synthetic.pose; only into an
     # absent/empty folder or one it generated itself): {} = off, else generator kwargs {"num_train": 800, ...}
     synthetic={},
@@ -87,6 +87,14 @@ DEFAULTS = dict(
 )
 
 
+def resolve_spec(spec: Any, data_root: str = "") -> Any:
+    """A spec name or object unchanged; a relative spec path as given when it exists (relative to the working
+    directory), else under ``data_root``."""
+    if not isinstance(spec, str) or spec in ("coco", "mpii") or os.path.isabs(spec) or os.path.exists(spec):
+        return spec
+    return os.path.join(data_root, spec) if data_root else spec
+
+
 def task_defaults(**changes) -> dict:
     """:data:`DEFAULTS` with ``changes`` (unknown names are an error naming the valid ones)."""
     unknown = sorted(set(changes) - set(DEFAULTS))
@@ -105,10 +113,7 @@ class PoseTask(Task):
         if unknown:
             raise ConfigError(f"unknown pose task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
         self.t = t = Config(merge(DEFAULTS, given))
-        spec = t.spec
-        if isinstance(spec, str) and spec not in ("coco", "mpii") and not os.path.isabs(spec) and t.data_root:
-            spec = os.path.join(t.data_root, spec)
-        self.spec: KeypointSpec = get_spec(spec)
+        self.spec: KeypointSpec = get_spec(resolve_spec(t.spec, t.data_root))
         self.input_size = (int(t.input_size[0]), int(t.input_size[1]))
         if min(self.input_size) <= 0 or self.input_size[0] % 4 or self.input_size[1] % 4:
             raise ConfigError(f"task.input_size must be positive multiples of 4 (H, W), got {tuple(t.input_size)}")
