@@ -67,4 +67,6 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
         return None
     target.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(target))
+    # every step, however quick to compile on this machine: whether a step is cached must not depend on load
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return str(target)
