@@ -250,26 +250,22 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
                     progress.update(0, loss=row["loss"], img_s=round(row["img_per_s"], 1))
 
                 evaluated = {}
-                for name, ev in evals.items():
-                    if ev.every and step % ev.every == 0:
-                        row = evaluate(name)
-                        evaluated.update(row)
-                        eval_metrics.update({k: v for k, v in row.items() if not k.startswith("data/")})
-                        writer.write(step, row)
-                        history.append({"step": step, **row})
-                        progress.write(f"step {step}: " + ", ".join(
-                            f"{k}={v:.4g}" for k, v in row.items() if not k.startswith("data/")))
-                if cfg.best_metric and evaluated and cfg.best_metric.split("/", 1)[0] in \
-                        {k.split("/", 1)[0] for k in evaluated}:
-                    if cfg.best_metric not in evaluated:
-                        raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the metrics of that eval: "
-                                          f"{sorted(k for k in evaluated if not k.startswith('data/'))}")
-                    best_now = True
-                else:
-                    best_now = False
+                ran = [name for name, ev in evals.items() if ev.every and step % ev.every == 0]
+                for name in ran:
+                    row = evaluate(name)
+                    evaluated.update(row)
+                    eval_metrics.update({k: v for k, v in row.items() if not k.startswith("data/")})
+                    writer.write(step, row)
+                    history.append({"step": step, **row})
+                    progress.write(f"step {step}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in row.items() if not k.startswith("data/")))
+                best_now = bool(cfg.best_metric) and cfg.best_metric.split("/", 1)[0] in ran
+                if best_now and cfg.best_metric not in evaluated:
+                    raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the metrics of that eval: "
+                                      f"{sorted(k for k in evaluated if not k.startswith('data/'))}")
 
                 if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or best_now:
-                    save(step, {k: v for k, v in evaluated.items()} if best_now else None)
+                    save(step, evaluated if best_now else None)
 
                 if pc > 1 and step % cfg.log_every == 0:  # agree on preemption across processes
                     stop["requested"] = bool(np.any(multihost_utils.process_allgather(
@@ -411,18 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(exit {EXIT_PREEMPTED})", file=sys.stderr)
         return EXIT_PREEMPTED
     if jax.process_index() == 0:
-        print(summary_line(cfg, result), file=sys.stderr)
+        print(summary_line(result), file=sys.stderr)
     return 0
 
 
-def summary_line(cfg: Config, result: TrainResult) -> str:
+def summary_line(result: TrainResult) -> str:
     """One closing line: final metrics, where the checkpoints are, what to try next."""
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.eval_metrics.items())) or "no evaluation run"
     last = next((r for r in reversed(result.history) if "loss" in r), None)
     loss = f"loss {last['loss']:.4g}, " if last else ""
     ckpts = os.path.join(result.workdir, "checkpoints")
-    nxt = result.next_command or (f"the same command with --config.total_steps=N continues this run")
-    return (f"done: step {int(result.state.step)}, {loss}{metrics}; checkpoints in {ckpts}; next: {nxt}")
+    nxt = result.next_command or "the same command with --config.total_steps=N continues this run"
+    return f"done: step {int(result.state.step)}, {loss}{metrics}; checkpoints in {ckpts}; next: {nxt}"
 
 
 if __name__ == "__main__":

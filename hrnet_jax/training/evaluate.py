@@ -21,19 +21,9 @@ from hrnet_jax.training import sharding as shd
 from hrnet_jax.training import steps
 from hrnet_jax.training.prefetch import DevicePrefetch, as_iter_dataset
 
-VALID = "valid"  # the data layer's padding mask (hrnet_jax.data.pipeline)
-
-
-def _eval_step(variables, batch, *, task, model, forward):
-    out = steps.eval_step(variables, batch, task=task, model=model, forward=forward)
-    if VALID in batch:
-        out["valid"] = batch[VALID]
-    return out
-
-
 def make_eval_step(task, model, ev, variables_sharding: Any, data_sharding: Any):
     """The compiled eval step of ``ev`` (inference compiler options; metric states replicated)."""
-    return jax.jit(functools.partial(_eval_step, task=task, model=model, forward=ev.forward),
+    return jax.jit(functools.partial(steps.eval_step, task=task, model=model, forward=ev.forward),
                    in_shardings=(variables_sharding, data_sharding), compiler_options=xla_options.inference())
 
 

@@ -67,8 +67,8 @@ def make_optimizer(o: Config, total_steps: int, labels: Any = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer of the ``optimizer`` config group, and its learning-rate schedule.
 
-    ``labels`` (a task's ``param_groups(params)``: a pytree of strings shaped like the params, or a function of
-    the params returning one) splits the parameters into groups; ``o.groups[label]`` may set ``lr_mult``,
+    ``labels`` (a task's ``param_groups(params)``: a pytree of strings shaped like the params) splits the
+    parameters into groups; ``o.groups[label]`` may set ``lr_mult``,
     ``weight_decay`` (< 0: the optimizer's) and ``frozen`` (no update at all). Gradient clipping stays global.
     """
     lr = make_schedule(o, total_steps)
@@ -83,12 +83,12 @@ def make_optimizer(o: Config, total_steps: int, labels: Any = None
             raise ConfigError(f"optimizer.groups {sorted(settings)} set, but the task defines no parameter groups")
         main = _transform(o, lr, o.weight_decay, mask)
     else:
-        names = sorted(set(jax.tree.leaves(labels))) if not callable(labels) else sorted(settings) or ["default"]
+        names = sorted(set(jax.tree.leaves(labels)))
         unknown = sorted(set(settings) - set(names))
-        if unknown and not callable(labels):
+        if unknown:
             raise ConfigError(f"optimizer.groups {unknown} are not parameter groups of this task; its groups: {names}")
         transforms = {}
-        for name in set(names) | set(settings):
+        for name in names:
             g = {**GROUP_FIELDS, **settings.get(name, {})}
             if g["frozen"]:
                 transforms[name] = optax.set_to_zero()

@@ -32,7 +32,6 @@ class DevicePrefetch:
         self._stateful = hasattr(iterator, "get_state")
         self._state = iterator.get_state() if self._stateful else None
         self.counts: dict[str, int] = {}
-        self.last_counts: dict[str, int] = {}
 
     def _fill(self) -> None:
         while len(self._queue) < self._size:
@@ -56,7 +55,6 @@ class DevicePrefetch:
             self._queue.appendleft(None)
             raise StopIteration
         batch, stats, self._state = item
-        self.last_counts = stats
         for k, v in stats.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
         self._fill()  # start the next transfers before the caller runs its step

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hrnet_jax.training import metrics as metrics_lib
 
 
 @flax.struct.dataclass
@@ -91,13 +90,14 @@ def train_step(state: TrainState, batch: dict, *, task, model, tx: optax.Gradien
 def eval_step(variables: dict, batch: dict, *, task, model, forward: Callable | None = None) -> dict:
     """Inference forward (``forward`` or ``task.forward``), then the task's device metrics and host outputs.
 
-    Returns ``{"metrics": {name: state}, "outputs": per-example arrays or {}}``.
+    Returns ``{"metrics": {name: state}, "outputs": per-example arrays or {}}`` plus the batch's ``"valid"``
+    padding mask (the data layer's convention) when it has one.
     """
     batch = task.preprocess(batch, None, train=False)
     fwd = forward or task.forward
     preds = fwd(model.apply, variables, batch, train=False, rngs=None)
     outputs = task.predict(preds, batch)
-    return {"metrics": task.metrics(preds, batch), "outputs": outputs if outputs is not None else {}}
-
-
-merge_metrics = metrics_lib.merge
+    out = {"metrics": task.metrics(preds, batch), "outputs": outputs if outputs is not None else {}}
+    if "valid" in batch:
+        out["valid"] = batch["valid"]
+    return out
