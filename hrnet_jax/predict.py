@@ -51,6 +51,7 @@ import numpy as np
 
 from hrnet_jax import xla_options
 from hrnet_jax.data.ops import affine as T
+from hrnet_jax.training.workdir import atomic_write_json
 
 __all__ = ["Predictor", "load_checkpoint", "evaluate", "draw_pose", "read_boxes", "main"]
 
@@ -152,14 +153,6 @@ def read_boxes(path: str, category_id: int = 1, score_thre: float = 0.0) -> dict
         print(f"warning: {path}: {bad} entr{'y' if bad == 1 else 'ies'} without image_id or a finite box of "
               f"positive size skipped", file=sys.stderr)
     return out
-
-
-def _write_json(path: str, obj) -> None:
-    """Atomic: a killed or failed run leaves the previous file (or none), never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 class Predictor:
@@ -322,7 +315,7 @@ def predict_images(pred: Predictor, paths: Sequence[str], out_dir: str, boxes: d
         cv2.imwrite(os.path.join(out_dir, f"{stem}.jpg"), pred.draw(np.ascontiguousarray(rgb[:, :, ::-1]), people))
     if len(skipped) == len(paths):
         raise InputError(f"{paths[0] if len(paths) == 1 else f'all {len(paths)} images'}: no readable image")
-    _write_json(os.path.join(out_dir, "keypoints.json"), results)
+    atomic_write_json(os.path.join(out_dir, "keypoints.json"), results, indent=None, sort_keys=False)
     return results
 
 
@@ -354,7 +347,7 @@ def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None =
             writer.release()
     if frame == 0:
         raise InputError(f"{path}: no frame could be decoded (not a video?)")
-    _write_json(os.path.join(out_dir, f"{stem}_keypoints.json"), results)
+    atomic_write_json(os.path.join(out_dir, f"{stem}_keypoints.json"), results, indent=None, sort_keys=False)
     return out_path, results
 
 

@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax.data.ops.image import IMAGENET_MEAN, IMAGENET_STD
+from hrnet_jax.training.config import ConfigError
+from hrnet_jax.training.defaults import merge
 
 Batch = Mapping[str, Any]
 
@@ -55,6 +57,22 @@ class Evaluator(Protocol):
 
     def result(self) -> dict[str, float]:
         """The metrics of everything added so far, e.g. ``{"AP": 0.71, ...}``."""
+
+
+def with_defaults(defaults: Mapping[str, Any], given: Mapping[str, Any], task: str) -> dict:
+    """A task's ``config.task`` fields: ``defaults`` (the one place a task writes them) updated by ``given``;
+    a field the task does not have is an error naming the valid ones."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {task} task field(s) {unknown}; valid: {sorted(defaults)}")
+    return merge(defaults, given)
+
+
+def local_batch(global_batch: int, process_count: int) -> int:
+    """This process's share of a global batch."""
+    if global_batch % process_count:
+        raise ConfigError(f"batch size {global_batch} is not divisible by {process_count} processes")
+    return global_batch // process_count
 
 
 @dataclasses.dataclass

@@ -203,12 +203,13 @@ def _plain(config: Mapping) -> dict:
     return json.loads(json.dumps(d))  # tuples -> lists, a deep copy, and proof it serialises
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
+def atomic_write_json(path: str, obj: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
+    """Writes ``obj`` as JSON so that a reader (or a kill) sees the old file or the whole new one, never half."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            json.dump(obj, f, indent=indent, sort_keys=sort_keys)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -280,8 +281,8 @@ class ConfigStore:
         hist = self.history()
         index = hist[-1][0] + 1 if hist else 0
         entry = os.path.join(self.history_dir, f"{index:03d}-step{int(step)}.json")
-        _atomic_write_json(entry, data)
-        _atomic_write_json(self.path, data)
+        atomic_write_json(entry, data)
+        atomic_write_json(self.path, data)
         return entry
 
 
@@ -442,7 +443,7 @@ class ConfigDiff:
         where = f"the run in {self.workdir}" if self.workdir else "the run in this workdir"
         if refused:
             need = "all" if self.breaking and policy != "all" else "schedule"
-            how = [f"To proceed: use a new --workdir (a fresh run), or restore the old values"]
+            how = ["To proceed: use a new --workdir (a fresh run), or restore the old values"]
             if need == "schedule":
                 how.append("or, to continue this run with the new values, add --config.resume_changes=schedule")
             else:

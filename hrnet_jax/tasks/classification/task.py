@@ -15,10 +15,9 @@ import optax
 
 from hrnet_jax.data import pipeline
 from hrnet_jax.data.sources.shapes import SyntheticShapes
-from hrnet_jax.tasks.base import Task
+from hrnet_jax.tasks.base import Task, local_batch, with_defaults
 from hrnet_jax.tasks.model_config import build_hrnet
-from hrnet_jax.training.config import Config, ConfigError
-from hrnet_jax.training.defaults import merge
+from hrnet_jax.training.config import Config
 from hrnet_jax.training.metrics import Accuracy
 from hrnet_jax.training.precision import compute_dtype
 
@@ -35,10 +34,8 @@ DEFAULTS = dict(
 
 
 def task_defaults(**changes) -> dict:
-    unknown = sorted(set(changes) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown classification task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    return merge(DEFAULTS, changes)
+    """:data:`DEFAULTS` with ``changes`` (unknown names are an error naming the valid ones)."""
+    return with_defaults(DEFAULTS, changes, "classification")
 
 
 class TinyCNN(nn.Module):
@@ -67,11 +64,7 @@ class ClassificationTask(Task):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        given = dict(config.get("task") or {})
-        unknown = sorted(set(given) - set(DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown classification task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
-        self.t = Config(merge(DEFAULTS, given))
+        self.t = Config(with_defaults(DEFAULTS, config.get("task") or {}, "classification"))
         self.read = pipeline.ReadConfig(num_threads=self.t.read_threads,
                                         prefetch_batches=self.t.read_prefetch_batches)
 
@@ -84,11 +77,6 @@ class ClassificationTask(Task):
         return build_hrnet({k: v for k, v in m.items() if k != "width"}, num_classes=self.t.num_classes)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _local_batch(self, global_batch: int, process_count: int) -> int:
-        if global_batch % process_count:
-            raise ConfigError(f"batch size {global_batch} is not divisible by {process_count} processes")
-        return global_batch // process_count
-
     def _source(self, train: bool) -> SyntheticShapes:
         seed = self.config.get("seed", 0)
         if train:
@@ -98,14 +86,14 @@ class ClassificationTask(Task):
     def train_dataset(self, process_index: int, process_count: int):
         src = self._source(True)
         return pipeline.train_dataset(len(src), lambda i, rng: src[i],
-                                      batch_size=self._local_batch(self.config["batch_size"], process_count),
+                                      batch_size=local_batch(self.config["batch_size"], process_count),
                                       seed=self.config.get("seed", 0), process_index=process_index,
                                       process_count=process_count, read=self.read)
 
     def eval_dataset(self, name: str, process_index: int, process_count: int):
         src = self._source(False)
         return pipeline.eval_dataset(len(src), lambda i: src[i],
-                                     batch_size=self._local_batch(self.config["batch_size"], process_count),
+                                     batch_size=local_batch(self.config["batch_size"], process_count),
                                      process_index=process_index, process_count=process_count, read=self.read)
 
     # -- device side -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from hrnet_jax.data import pipeline as dp
 from hrnet_jax.data.keypoints import KeypointSpec, get_spec
 from hrnet_jax.data.sources.coco_keypoints import CocoKeypointSource
-from hrnet_jax.tasks.base import Task
+from hrnet_jax.tasks.base import Task, local_batch, with_defaults
 from hrnet_jax.tasks.model_config import build_hrnet
 from hrnet_jax.tasks.pose import pipeline as P
 from hrnet_jax.tasks.pose.decode import DECODE_MODES, decode_heatmaps
@@ -34,7 +34,6 @@ from hrnet_jax.tasks.pose.evaluate import PoseEvaluator, load_coco
 from hrnet_jax.tasks.pose.loss import joints_mse_loss, joints_ohkm_mse_loss
 from hrnet_jax.tasks.pose.targets import default_sigma
 from hrnet_jax.training.config import Config, ConfigError
-from hrnet_jax.training.defaults import merge
 
 DEFAULTS = dict(
     name="pose",
@@ -97,10 +96,7 @@ def resolve_spec(spec: Any, data_root: str = "") -> Any:
 
 def task_defaults(**changes) -> dict:
     """:data:`DEFAULTS` with ``changes`` (unknown names are an error naming the valid ones)."""
-    unknown = sorted(set(changes) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown pose task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    return merge(DEFAULTS, changes)
+    return with_defaults(DEFAULTS, changes, "pose")
 
 
 class PoseTask(Task):
@@ -108,11 +104,7 @@ class PoseTask(Task):
 
     def __init__(self, config: Any):
         super().__init__(config)
-        given = dict(config.get("task") or {})
-        unknown = sorted(set(given) - set(DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown pose task field(s) {unknown}; valid: {sorted(DEFAULTS)}")
-        self.t = t = Config(merge(DEFAULTS, given))
+        self.t = t = Config(with_defaults(DEFAULTS, config.get("task") or {}, "pose"))
         self.spec: KeypointSpec = get_spec(resolve_spec(t.spec, t.data_root))
         self.input_size = (int(t.input_size[0]), int(t.input_size[1]))
         if min(self.input_size) <= 0 or self.input_size[0] % 4 or self.input_size[1] % 4:
@@ -202,22 +194,17 @@ class PoseTask(Task):
     def build_model(self):
         return build_hrnet(self.config["model"], num_joints=self.spec.num_keypoints)
 
-    def _local(self, global_batch: int, process_count: int) -> int:
-        if global_batch % process_count:
-            raise ConfigError(f"batch size {global_batch} is not divisible by {process_count} processes")
-        return global_batch // process_count
-
     def train_dataset(self, process_index: int = 0, process_count: int = 1):
         self.check_data()
         return P.train_dataset(self.train_source(), self.spec, self.input_size, self.heatmap_size, self.sigma,
-                               self.aug, self._local(self.config["batch_size"], process_count),
+                               self.aug, local_batch(self.config["batch_size"], process_count),
                                self.config.get("seed", 0), process_index, process_count,
                                num_epochs=self.t.num_epochs or None, read=self.read)
 
     def eval_dataset(self, name: str = "val", process_index: int = 0, process_count: int = 1):
         self.check_data()
         gb = self.t.eval_batch_size or self.config["batch_size"]
-        return P.eval_dataset(self.eval_source(), self.input_size, self._local(gb, process_count), process_index,
+        return P.eval_dataset(self.eval_source(), self.input_size, local_batch(gb, process_count), process_index,
                               process_count, read=self.read)
 
     # ---- device side -------------------------------------------------------------------------------------
