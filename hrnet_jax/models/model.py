@@ -32,6 +32,8 @@ class HRNet(nn.Module):
     head: str = "classification"
     num_outputs: int = 1000
     head_conv_bias: bool = True  # classification head convs (False for the PaddleClas "ssld" weights)
+    ocr_mid_channels: int = 512  # OCR head: pixel / object representation width (MODEL.OCR.MID_CHANNELS)
+    ocr_key_channels: int = 256  # OCR head: attention key width (MODEL.OCR.KEY_CHANNELS)
     bn_momentum: float = 0.9  # Flax convention (PyTorch 0.1); 0.99 for the SEG master/v1.1 branches
     upsample: str = "nearest"
     align_corners: bool = False
@@ -62,7 +64,7 @@ class HRNet(nn.Module):
         if self.head == "segmentation":
             return segmentation_head(xs, opts, train, self.num_outputs)
         if self.head == "ocr":
-            return ocr_head(xs, opts, train, self.num_outputs)
+            return ocr_head(xs, opts, train, self.num_outputs, self.ocr_mid_channels, self.ocr_key_channels)
         if self.head == "v2p":
             return hrfpn_neck(xs, opts, train)
         return tuple(x.astype(jnp.float32) for x in xs)
