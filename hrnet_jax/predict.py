@@ -72,53 +72,127 @@ def _pose_task(model: dict, task: dict):
     return PoseTask(Config({"model": model, "task": task, "batch_size": 1, "seed": 0}))
 
 
+def _locate(path: str, step: int | None = None) -> tuple[str | None, str | None]:
+    """``(workdir, step_dir)`` of a training workdir or one of its step folders; ``(None, None)`` otherwise."""
+    path = os.path.abspath(path)
+    if os.path.basename(os.path.normpath(path)) == "state":
+        path = os.path.dirname(path)
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path, _latest_step_dir(os.path.join(path, "checkpoints"), step)
+    if os.path.isdir(os.path.join(path, "state")) and os.path.exists(
+            os.path.join(os.path.dirname(os.path.dirname(path)), "config.json")):
+        return os.path.dirname(os.path.dirname(path)), path
+    return None, None
+
+
+def load_variables_at(path: str, step: int | None = None) -> tuple[dict, dict]:
+    """``({params, batch_stats}, info)`` of a workdir / step folder / converted checkpoint; ``info`` holds the
+    workdir's ``config`` or the converted checkpoint's ``meta`` (model name and overrides)."""
+    from hrnet_jax.training.checkpoint import load_variables
+    workdir, step_dir = _locate(path, step)
+    if workdir is not None:
+        with open(os.path.join(workdir, "config.json")) as f:
+            cfg = json.load(f)
+        state = load_variables(os.path.join(step_dir, "state"))
+        return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}, {"config": cfg}
+    if os.path.isdir(os.path.join(path, "variables")):
+        from hrnet_jax.convert import load_variables as load_converted
+        variables, meta = load_converted(path)
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}, {"meta": meta}
+    raise FileNotFoundError(f"{path} is neither a training workdir (config.json + checkpoints/), a checkpoint step "
+                            f"folder, nor a converted checkpoint (variables/ + model.json)")
+
+
+def checkpoint_task(path: str) -> str:
+    """The task a checkpoint was trained for: ``config.task.name`` of a workdir, or by the converted model's
+    head (pose / segmentation / classification)."""
+    workdir, _ = _locate(path) if not os.path.isdir(os.path.join(path, "variables")) else (None, None)
+    if workdir is not None:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return (json.load(f).get("task") or {}).get("name", "")
+    meta_path = os.path.join(path, "model.json")
+    if os.path.exists(meta_path):
+        from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
+        with open(meta_path) as f:
+            head = MODEL_SPECS[resolve_name(json.load(f).get("model", "pose_hrnet_w32"))]["head"]
+        return {"segmentation": "segmentation", "ocr": "segmentation", "classification": "classification"}.get(
+            head, "pose")
+    return "pose"
+
+
+def load_segmentation(path: str, step: int | None = None, classes: Any = None, overrides: Sequence[str] = ()):
+    """``(SegmentationTask, variables)`` of a segmentation workdir or converted ``seg_hrnet_*`` checkpoint (class
+    spec: the workdir's, else ``classes`` or Cityscapes); ``overrides`` are ``task.<field>=value`` strings
+    (e.g. ``task.eval_mode=multiscale``)."""
+    from hrnet_jax.tasks.segmentation.task import SegmentationTask
+    from hrnet_jax.training.config import Config
+    variables, info = load_variables_at(path, step)
+    if "config" in info:
+        cfg = info["config"]
+        task_cfg = dict(cfg["task"], synthetic={})
+        if classes is not None:
+            task_cfg["classes"] = classes
+        model_cfg = cfg["model"]
+    else:
+        meta = dict(info["meta"])
+        model_cfg = {"name": meta.get("model", "seg_hrnet_w48"), "dtype": "float32",
+                     **{k: v for k, v in (meta.get("overrides") or {}).items() if k != "num_outputs"}}
+        task_cfg = {"name": "segmentation", "classes": classes or "cityscapes"}
+    conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
+    task = SegmentationTask(conf)
+    return task, _layout_like_model(task.build_model(), variables, (64, 64))
+
+
+def load_classification(path: str, step: int | None = None, overrides: Sequence[str] = ()):
+    """``(ClassificationTask, variables)`` of a classification workdir or a converted ``hrnet_w*`` checkpoint
+    (ImageNet-1k classes)."""
+    from hrnet_jax.tasks.classification.task import ClassificationTask
+    from hrnet_jax.training.config import Config
+    variables, info = load_variables_at(path, step)
+    if "config" in info:
+        cfg = info["config"]
+        model_cfg, task_cfg = cfg["model"], dict(cfg["task"])
+    else:
+        meta = dict(info["meta"])
+        overrides_m = dict(meta.get("overrides") or {})
+        num = int(overrides_m.pop("num_outputs", 1000))
+        model_cfg = {"name": meta.get("model", "hrnet_w32"), "dtype": "float32", **overrides_m}
+        task_cfg = {"name": "classification", "num_classes": num}
+    conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
+    task = ClassificationTask(conf)
+    return task, _layout_like_model(task.build_model(), variables, (64, 64))
+
+
 def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int] | None = None,
                     spec: Any = None):
-    """``(task, variables)`` for a training workdir, one of its step folders, or a converted checkpoint folder.
+    """``(task, variables)`` of a pose checkpoint: a training workdir, one of its step folders, or a converted
+    checkpoint folder.
 
     ``task`` is a :class:`~hrnet_jax.tasks.pose.task.PoseTask` with no data attached (it supplies the model,
     spec, input size, flip test and decoding); the architecture comes from the workdir's ``config.json``.
     """
-    from hrnet_jax.training.checkpoint import load_variables
-
-    path = os.path.abspath(path)
-    if os.path.basename(os.path.normpath(path)) == "state":
-        path = os.path.dirname(path)
-    workdir = None
-    if os.path.exists(os.path.join(path, "config.json")):
-        workdir, step_dir = path, _latest_step_dir(os.path.join(path, "checkpoints"), step)
-    elif os.path.isdir(os.path.join(path, "state")) and os.path.exists(
-            os.path.join(os.path.dirname(os.path.dirname(path)), "config.json")):
-        workdir, step_dir = os.path.dirname(os.path.dirname(path)), path
-    if workdir is not None:
-        with open(os.path.join(workdir, "config.json")) as f:
-            cfg = json.load(f)
+    variables, info = load_variables_at(path, step)
+    if "config" in info:
+        cfg = info["config"]
         if (cfg.get("task") or {}).get("name") != "pose":
-            raise ValueError(f"{workdir} was trained for task {(cfg.get('task') or {}).get('name')!r}; predict "
-                             f"handles pose checkpoints")
+            raise ValueError(f"{path} was trained for task {(cfg.get('task') or {}).get('name')!r}, not pose")
         from hrnet_jax.tasks.pose.task import resolve_spec
         t = dict(cfg["task"])
         spec_value = spec if spec is not None else resolve_spec(t.get("spec", "coco"), t.get("data_root", ""))
         t.update(synthetic={}, data_root="", det_file="", spec=spec_value)   # as training resolved it
         if input_size:
             t["input_size"] = tuple(int(v) for v in input_size)
-        state = load_variables(os.path.join(step_dir, "state"))
-        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
         return _pose_task(cfg["model"], t), variables
-    if os.path.isdir(os.path.join(path, "variables")):
-        from hrnet_jax.convert import load_variables as load_converted
-        variables, meta = load_converted(path)
-        overrides = dict(meta.get("overrides") or {})
-        num = overrides.pop("num_outputs", None)
-        model = {"name": meta.get("model", "pose_hrnet_w32"), "dtype": "float32", **overrides}
-        task = _pose_task(model, {"spec": spec if spec is not None else "coco",
-                                  "input_size": tuple(int(v) for v in (input_size or (256, 192)))})
-        if num is not None and num != task.spec.num_keypoints:
-            raise ValueError(f"the checkpoint has {num} outputs but the spec {task.spec.name!r} has "
-                             f"{task.spec.num_keypoints} keypoints: pass --spec")
-        return task, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    raise FileNotFoundError(f"{path} is neither a training workdir (config.json + checkpoints/), a checkpoint step "
-                            f"folder, nor a converted checkpoint (variables/ + model.json)")
+    meta = info["meta"]
+    overrides = dict(meta.get("overrides") or {})
+    num = overrides.pop("num_outputs", None)
+    model = {"name": meta.get("model", "pose_hrnet_w32"), "dtype": "float32", **overrides}
+    task = _pose_task(model, {"spec": spec if spec is not None else "coco",
+                              "input_size": tuple(int(v) for v in (input_size or (256, 192)))})
+    if num is not None and num != task.spec.num_keypoints:
+        raise ValueError(f"the checkpoint has {num} outputs but the spec {task.spec.name!r} has "
+                         f"{task.spec.num_keypoints} keypoints: pass --spec")
+    return task, variables
 
 
 class InputError(ValueError):
@@ -245,16 +319,22 @@ def _layout_like_model(model, variables: dict, input_size) -> dict:
 
 
 def evaluate(checkpoint: str, experiment: str, overrides: Sequence[str] = (), step: int | None = None) -> dict:
-    """Evaluation of ``checkpoint`` with ``experiment``'s task and evals (data, boxes, flip test, decoding,
-    COCOeval): :func:`hrnet_jax.training.evaluate.evaluate`, the loop's own evaluation, without training.
-    Returns ``{"<eval>/<metric>": value}`` (e.g. ``val/AP``)."""
+    """Evaluation of ``checkpoint`` with ``experiment``'s task and evals (its data, inference mode and metrics:
+    COCOeval for pose, the confusion matrix for segmentation, top-k for classification):
+    :func:`hrnet_jax.training.evaluate.evaluate`, the loop's own evaluation, without training.
+    Returns ``{"<eval>/<metric>": value}`` (e.g. ``val/AP``, ``val/mIoU``)."""
     from experiments import build_task, get_experiment   # the CLI's experiment registry
     from hrnet_jax.training.evaluate import evaluate as evaluate_task
 
     cfg = get_experiment(experiment, list(overrides))
     task = build_task(cfg)
-    _, variables = load_checkpoint(checkpoint, step=step, input_size=task.input_size, spec=task.spec)
-    variables = _layout_like_model(task.build_model(), variables, task.input_size)
+    if task.name == "pose":
+        _, variables = load_checkpoint(checkpoint, step=step, input_size=task.input_size, spec=task.spec)
+        sample = task.input_size
+    else:
+        variables, _ = load_variables_at(checkpoint, step)
+        sample = (64, 64)
+    variables = _layout_like_model(task.build_model(), variables, sample)
     return evaluate_task(task, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
 
 
@@ -367,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--input-size", default="", help="HxW for a converted checkpoint (default 256x192)")
     p.add_argument("--spec", default=None, help="keypoint spec: coco, mpii or a spec JSON (converted checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--classes", default=None, help="segmentation: class spec (cityscapes or a JSON) for a converted "
+                                                   "checkpoint (default cityscapes)")
+    p.add_argument("--topk", type=int, default=5, help="classification: classes printed per image")
     p.add_argument("--evaluate", default="", metavar="EXPERIMENT",
                    help="evaluate the checkpoint on EXPERIMENT's validation set (COCOeval) instead of predicting; "
                         "--config.<key>=<value> overrides its config (e.g. --config.task.data_root=data/coco)")
@@ -391,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--config.* overrides need --evaluate")
     if not a.images and not a.video:
         p.error("give --images and/or --video (or --evaluate EXPERIMENT)")
+    kind = checkpoint_task(a.checkpoint) if os.path.exists(a.checkpoint) else "pose"
+    if kind in ("segmentation", "classification"):
+        return _predict_other(kind, a)
     input_size = tuple(int(v) for v in a.input_size.lower().split("x")) if a.input_size else None
     try:
         pred = Predictor(a.checkpoint, step=a.step, input_size=input_size, spec=a.spec, batch_size=a.batch_size,
@@ -413,6 +499,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_path, res = predict_video(pred, a.video, a.out, vboxes)
             print(f"video: {out_path} ({len(res)} person-frames)")
     except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _predict_other(kind: str, a) -> int:
+    """``--images`` for a segmentation or classification checkpoint (the task folder's ``predict_images``)."""
+    if a.video:
+        print(f"error: --video is for pose checkpoints; this is a {kind} checkpoint", file=sys.stderr)
+        return 2
+    paths = _expand_images(a.images)
+    if not paths:
+        print(f"error: no images match {a.images!r}", file=sys.stderr)
+        return 2
+    try:
+        if kind == "segmentation":
+            from hrnet_jax.tasks.segmentation.predict import predict_images as seg_predict
+            task, variables = load_segmentation(a.checkpoint, a.step, a.classes)
+            os.makedirs(a.out, exist_ok=True)
+            recs = seg_predict(task, variables, paths, a.out)
+            print(f"{len(recs)} image(s) segmented: {os.path.join(a.out, 'predictions.json')}")
+        else:
+            from hrnet_jax.tasks.classification.predict import predict_images as cls_predict
+            task, variables = load_classification(a.checkpoint, a.step)
+            os.makedirs(a.out, exist_ok=True)
+            cls_predict(task, variables, paths, a.out, topk=a.topk)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 TASKS = {
     "pose": "hrnet_jax.tasks.pose.task:PoseTask",
     "classification": "hrnet_jax.tasks.classification.task:ClassificationTask",
+    "segmentation": "hrnet_jax.tasks.segmentation.task:SegmentationTask",
 }
 
 
