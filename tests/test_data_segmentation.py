@@ -404,3 +404,19 @@ def test_train_transform_shapes_values_and_flip():
                                     base_size=4, scale_range=(1.0, 1.0), flip=False, ignore_index=254)
     np.testing.assert_array_equal(oi[:4, :4], img[:4, :4])
     assert (oi[4:] == 0).all() and (ol[4:] == 254).all() and (ol[:, 4:] == 254).all()
+
+
+def test_a_class_may_merge_several_raw_ids():
+    from hrnet_jax.data.classes import ClassSpec, LabelValueError
+    spec = ClassSpec.from_dict({"name": "coarse", "ignore_ids": [0], "classes": [
+        {"name": "flat", "color": [1, 2, 3], "id": [7, 8]}, {"name": "vehicle", "color": [4, 5, 6], "id": [26, 27, 28]},
+        {"name": "sky", "color": [7, 8, 9], "id": 23}]})
+    raw = np.array([[7, 8, 26, 27], [28, 23, 0, 255]], np.uint8)
+    np.testing.assert_array_equal(spec.to_train_ids(raw), [[0, 0, 1, 1], [1, 2, 255, 255]])
+    np.testing.assert_array_equal(spec.to_raw_ids(np.array([[0, 1, 2, 255]])), [[7, 26, 23, 0]])   # first id
+    assert ClassSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(LabelValueError, match="11"):
+        spec.to_train_ids(np.array([[11]], np.uint8))
+    with pytest.raises(ValueError, match=r"duplicate class id\(s\) \[8\]"):
+        ClassSpec.from_dict({"classes": [{"name": "a", "color": [0, 0, 0], "id": [7, 8]},
+                                         {"name": "b", "color": [0, 0, 0], "id": 8}]})

@@ -13,7 +13,9 @@ Cityscapes (19 evaluated classes, ``*_gtFine_labelIds.png``) is built in (``CITY
                  {"name": "car", "color": [0, 0, 142], "id": 26}],
      "ignore_index": 255, "ignore_ids": [0, 1]}
 
-``"id"`` is optional but must be given for all classes or for none (without ids, label value i is train id i).
+``"id"`` is optional but must be given for all classes or for none (without ids, label value i is train id i);
+a list of ids merges those raw classes into one (``{"name": "vehicle", "id": [26, 27, 28]}``; predictions are
+written back with the first).
 The raw value ``ignore_index`` always means "ignore" as well. A label value that is neither a class id nor an
 ignore value is an error (:class:`LabelValueError`) rather than silently ignored: it usually means the wrong label
 files (e.g. ``*_color.png`` or ``*_instanceIds.png``) or the wrong spec.
@@ -109,22 +111,34 @@ class ClassSpec:
             raise ValueError(f"class spec {n!r}: duplicate ignore ids {sorted(v for v in set(ign) if ign.count(v) > 1)}")
         object.__setattr__(self, "ignore_ids", ign)
         if self.ids is not None:
-            ids = ints(self.ids, "class id")
-            if len(ids) != c:
-                raise ValueError(f"class spec {n!r}: {len(ids)} class ids for {c} classes")
-            if len(set(ids)) != c:
-                dup = sorted({v for v in ids if ids.count(v) > 1})
+            if len(self.ids) != c:
+                raise ValueError(f"class spec {n!r}: {len(self.ids)} class ids for {c} classes")
+            # an entry is one raw value or several (raw classes merged into one train class, the first one is
+            # the value to_raw_ids writes)
+            groups = tuple(ints(v if isinstance(v, (tuple, list)) else (v,), "class id") for v in self.ids)
+            if any(not g for g in groups):
+                raise ValueError(f"class spec {n!r}: an empty id list (classes "
+                                 f"{[names[i] for i, g in enumerate(groups) if not g]})")
+            flat = [v for g in groups for v in g]
+            if len(set(flat)) != len(flat):
+                dup = sorted({v for v in flat if flat.count(v) > 1})
                 raise ValueError(f"class spec {n!r}: duplicate class id(s) {dup} "
-                                 f"(classes {[names[i] for i in range(c) if ids[i] in dup]})")
-            raw = ids
-            object.__setattr__(self, "ids", ids)
+                                 f"(classes {[names[i] for i in range(c) if set(groups[i]) & set(dup)]})")
+            object.__setattr__(self, "ids", tuple(g[0] if len(g) == 1 else g for g in groups))
         else:
-            raw = tuple(range(c))
-        clash = sorted(set(raw) & (set(ign) | {self.ignore_index}))
+            groups = tuple((i,) for i in range(c))
+        owner = {v: i for i, g in enumerate(groups) for v in g}
+        clash = sorted(set(owner) & (set(ign) | {self.ignore_index}))
         if clash:
-            who = [names[raw.index(v)] for v in clash]
+            who = [names[owner[v]] for v in clash]
             raise ValueError(f"class spec {n!r}: label value(s) {clash} are both a class ({who}) and ignore "
                              f"(ignore_ids {list(ign)}, ignore_index {self.ignore_index})")
+
+    def id_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The raw label values of each train id (one, or several merged into the class)."""
+        if self.ids is None:
+            return tuple((i,) for i in range(self.num_classes))
+        return tuple(v if isinstance(v, tuple) else (v,) for v in self.ids)
 
     @property
     def num_classes(self) -> int:
@@ -132,10 +146,10 @@ class ClassSpec:
 
     def raw_class_ids(self) -> tuple[int, ...]:
         """The label-file value of each train id."""
-        return self.ids if self.ids is not None else tuple(range(self.num_classes))
+        return tuple(g[0] for g in self.id_groups())
 
     def describe_values(self) -> str:
-        return (f"class ids {_compress(self.raw_class_ids())}, ignore "
+        return (f"class ids {_compress([v for g in self.id_groups() for v in g])}, ignore "
                 f"{_compress(set(self.ignore_ids) | {self.ignore_index})}")
 
     def lut(self) -> np.ndarray:
@@ -143,7 +157,8 @@ class ClassSpec:
         t = np.full((256,), -1, np.int32)
         t[list(self.ignore_ids)] = self.ignore_index
         t[self.ignore_index] = self.ignore_index
-        t[list(self.raw_class_ids())] = np.arange(self.num_classes, dtype=np.int32)
+        for i, g in enumerate(self.id_groups()):
+            t[list(g)] = i
         return t
 
     def to_train_ids(self, raw: np.ndarray, path: str = "") -> np.ndarray:
@@ -208,7 +223,7 @@ class ClassSpec:
         for i, (nm, col) in enumerate(zip(self.names, self.colors)):
             d = {"name": nm, "color": list(col)}
             if self.ids is not None:
-                d["id"] = self.ids[i]
+                d["id"] = list(self.ids[i]) if isinstance(self.ids[i], tuple) else self.ids[i]
             classes.append(d)
         return {"name": self.name, "classes": classes, "ignore_index": self.ignore_index,
                 "ignore_ids": list(self.ignore_ids)}
@@ -234,7 +249,7 @@ class ClassSpec:
                                  f"(and optionally 'id'){'; unknown ' + str(sorted(bad)) if bad else ''}")
             names.append(c["name"])
             colors.append(c["color"])
-            ids.append(c.get("id"))
+            ids.append(tuple(c["id"]) if isinstance(c.get("id"), (list, tuple)) else c.get("id"))
         with_id = [i for i in ids if i is not None]
         if with_id and len(with_id) != len(ids):
             missing = [str(names[k]) for k, i in enumerate(ids) if i is None]
