@@ -52,7 +52,8 @@ from typing import Any
 DEFAULT_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "hrnet_w32", "hrnet_w48", "pose_hrnet_w32@256x192",
                   "pose_hrnet_w32@384x288", "seg_hrnet_w48@512x1024")
 QUICK_MODELS = ("hrnet_w18_small_v1", "hrnet_w18", "pose_hrnet_w32@256x192")
-DEFAULT_SIZES = {"classification": (224, 224), "pose": (256, 192), "segmentation": (512, 1024)}
+DEFAULT_SIZES = {"classification": (224, 224), "pose": (256, 192), "segmentation": (512, 1024), "ocr": (512, 1024)}
+SEG_HEADS = ("segmentation", "ocr")
 TIMM_NAMES = {"w18_small_v1": "hrnet_w18_small", "w18_small_v2": "hrnet_w18_small_v2"}
 GPU_COMMAND = "bash scripts/bench_gpu.sh"  # bf16, batch 1/128, train 64; timm eager and torch.compile
 
@@ -279,8 +280,9 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     if train_batch > 0:
         step = make_jax_train_step(model)
         x = jnp.asarray(rng.standard_normal((train_batch, *hw, 3), np.float32))
-        y_shape = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape
-        target = _jax_target(model.head, y_shape, rng)
+        y_shape = jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                                                                   variables, x))
+        target = _jax_target(model.head, y_shape, rng, hw)
         state = (variables["params"], variables["batch_stats"],
                  jax.tree_util.tree_map(jnp.zeros_like, variables["params"]))
         compiled, ct, flops = _compile(step, state, x, target,
@@ -303,12 +305,15 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     return out
 
 
-def _jax_target(head, shape, rng):
+def _jax_target(head, shape, rng, hw=None):
+    """Random targets: class labels, per-pixel labels at the input size (segmentation: the recipe's loss is
+    taken at label resolution), or heatmaps."""
     import jax.numpy as jnp
+    if head in SEG_HEADS:
+        shape = shape[-1] if isinstance(shape, tuple) and isinstance(shape[0], tuple) else shape
+        return jnp.asarray(rng.integers(0, shape[-1], (shape[0], *hw)), jnp.int32)
     if head == "classification":
         return jnp.asarray(rng.integers(0, shape[-1], shape[0]), jnp.int32)
-    if head == "segmentation":
-        return jnp.asarray(rng.integers(0, shape[-1], shape[:-1]), jnp.int32)
     return jnp.asarray(rng.random(shape, dtype="float32"))
 
 
@@ -319,12 +324,16 @@ def make_jax_train_step(model, lr: float = 0.01, momentum: float = 0.9):
     import optax
 
     def loss_fn(params, stats, x, target):
-        y, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-        y = y.astype(jnp.float32)
-        if model.head in ("classification", "segmentation"):
-            loss = optax.softmax_cross_entropy_with_integer_labels(y, target).mean()
+        y, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.PRNGKey(0)})
+        if model.head in SEG_HEADS:   # the segmentation task's loss: logits upsampled to the labels; OCR 0.4 aux
+            from hrnet_jax.tasks.segmentation.loss import segmentation_loss
+            loss, _ = segmentation_loss(y, target, align_corners=model.align_corners,
+                                        output_weights=(0.4, 1.0) if model.head == "ocr" else (1.0,))
+        elif model.head == "classification":
+            loss = optax.softmax_cross_entropy_with_integer_labels(y.astype(jnp.float32), target).mean()
         else:
-            loss = jnp.mean(jnp.square(y - target))
+            loss = jnp.mean(jnp.square(y.astype(jnp.float32) - target))
         return loss, upd["batch_stats"]
 
     def step(state, x, target):
@@ -375,10 +384,47 @@ def build_torch_model(head: str, tname: str, num_outputs: int):
             xs = [xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in xs[1:]]
             return self.last_layer(torch.cat(xs, 1))
 
+    def cbr(cin, cout, k=1, bias=False):
+        return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    class OCRNet(SegNet):
+        """HRNetV2 + OCR as the reference's seg_hrnet_ocr.py (mid 512, key 256; align_corners True)."""
+
+        def __init__(self, mid=512, key=256):
+            super().__init__()
+            c, k = sum(chans), num_outputs
+            self.key = key
+            self.aux_head = self.last_layer
+            self.conv3x3_ocr = nn.Sequential(*cbr(c, mid, 3, bias=True))
+            self.f_pixel = nn.Sequential(*cbr(mid, key), *cbr(key, key))
+            self.f_object = nn.Sequential(*cbr(mid, key), *cbr(key, key))
+            self.f_down = nn.Sequential(*cbr(mid, key))
+            self.f_up = nn.Sequential(*cbr(key, mid))
+            self.conv_bn_dropout = nn.Sequential(*cbr(2 * mid, mid), nn.Dropout2d(0.05))
+            self.cls_head = nn.Conv2d(mid, k, 1)
+
+        def forward(self, x):
+            xs = self.body(x)[1:]
+            size = xs[0].shape[2:]
+            xs = [xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=True) for t in xs[1:]]
+            feats = torch.cat(xs, 1)
+            aux = self.aux_head(feats)
+            pix = self.conv3x3_ocr(feats)
+            b, _, h, w = pix.shape
+            ctx = torch.matmul(aux.flatten(2).softmax(-1), pix.flatten(2).transpose(1, 2))  # B, K, mid
+            ctx = ctx.permute(0, 2, 1).unsqueeze(3)
+            q = self.f_pixel(pix).flatten(2).transpose(1, 2)
+            sim = (torch.matmul(q, self.f_object(ctx).flatten(2)) * self.key ** -0.5).softmax(-1)
+            o = torch.matmul(sim, self.f_down(ctx).flatten(2).transpose(1, 2)).transpose(1, 2)
+            o = self.f_up(o.reshape(b, self.key, h, w))
+            return aux, self.cls_head(self.conv_bn_dropout(torch.cat([o, pix], 1)))
+
     if head == "pose":
         return PoseNet(), f"{tname}(features_only)+1x1 conv"
     if head == "segmentation":
         return SegNet(), f"{tname}(features_only)+concat/1x1-BN-ReLU-1x1"
+    if head == "ocr":
+        return OCRNet(), f"{tname}(features_only)+OCR head"
     raise ValueError(f"no torch counterpart for head {head!r}")
 
 
@@ -420,15 +466,22 @@ def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_output
     if train_batch > 0:
         x = torch.randn(train_batch, 3, *hw, device=dev).to(memory_format=mf)
         with torch.no_grad():
-            yshape = model(x[:1]).shape  # still in eval mode
+            y1 = model(x[:1])  # still in eval mode
+        yshape = (y1[-1] if isinstance(y1, tuple) else y1).shape
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if head == "classification":
             target = torch.randint(0, yshape[1], (train_batch,), device=dev)
             lossf = torch.nn.functional.cross_entropy
-        elif head == "segmentation":
-            target = torch.randint(0, yshape[1], (train_batch, *yshape[2:]), device=dev)
-            lossf = torch.nn.functional.cross_entropy
+        elif head in SEG_HEADS:   # logits upsampled to the labels (input size); OCR 0.4 aux + main
+            target = torch.randint(0, yshape[1], (train_batch, *hw), device=dev)
+            ac = head == "ocr"
+
+            def lossf(y, t):
+                ys, ws = (y, (0.4, 1.0)) if isinstance(y, tuple) else ((y,), (1.0,))
+                return sum(w * torch.nn.functional.cross_entropy(
+                    torch.nn.functional.interpolate(o.float(), size=tuple(hw), mode="bilinear", align_corners=ac), t)
+                    for w, o in zip(ws, ys))
         else:
             target = torch.rand(train_batch, *yshape[1:], device=dev)
             lossf = torch.nn.functional.mse_loss
@@ -436,7 +489,8 @@ def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_output
         def step():
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = lossf(fwd(x).float(), target)
+                y = fwd(x)
+                loss = lossf(y if isinstance(y, tuple) else y.float(), target)
             loss.backward()
             opt.step()
             sync()
@@ -534,6 +588,38 @@ def bench_pose_pipeline(batch_size: int, num_batches: int, root: str | None = No
     return res
 
 
+def bench_seg_pipeline(batch_size: int, num_batches: int, root: str | None = None, hw=(1024, 2048),
+                       workers=(0, 1, 2)) -> dict:
+    """Segmentation input pipeline images/s of ``seg_w48_cityscapes``'s training examples (PNG decode of
+    1024x2048 Cityscapes-format sources, label mapping, random scale 0.5-2.1, pad, 512x1024 crop, flip; no
+    model): in the reading process with 1 and all reader threads, then with N grain worker processes."""
+    import resource
+    import time
+
+    from experiments import get_experiment
+    from hrnet_jax.data.synthetic.segmentation import ensure_synthetic_seg_dataset
+    from hrnet_jax.tasks.segmentation.task import SegmentationTask
+    root = root or os.path.join(tempfile.gettempdir(), "hrnet_bench_synthetic_seg")
+    ensure_synthetic_seg_dataset(root, num_train=24, num_val=2, image_size_hw=tuple(hw), seed=0)
+    n = os.cpu_count() or 1
+    res = {}
+    configs = [("1_thread", 1, 0), (f"{n}_threads", n, 0)] + [(f"{w}_workers", 1, w) for w in workers if w > 0]
+    for name, threads, wk in configs:
+        cfg = get_experiment("seg_w48_cityscapes", {"task.data_root": root, "batch_size": batch_size,
+                                                    "task.read_threads": threads, "task.read_workers": wk,
+                                                    "task.read_prefetch_batches": 2})
+        it = iter(SegmentationTask(cfg).train_dataset(0, 1))
+        next(it)  # start-up (worker processes, first decode) not timed
+        t0 = time.perf_counter()
+        for _ in range(num_batches):
+            next(it)
+        dt = time.perf_counter() - t0
+        res[name] = {"img_per_s": round(batch_size * num_batches / dt, 2), "threads": threads, "workers": wk,
+                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        del it
+    return res
+
+
 # --------------------------------------------------------------------------------------------------- output
 def _fmt(v, nd=1):
     if v is None:
@@ -591,6 +677,10 @@ def markdown(results: dict) -> str:
             f"{k}: {v['images_per_s']:.1f} img/s (batch {int(v['batch_size'])}, peak RSS "
             f"{v.get('peak_rss_mib', float('nan')):.0f} MiB)"
             for k, v in results["pose_pipeline"].items())]
+    if results.get("seg_pipeline"):
+        lines += ["", "Segmentation input pipeline (seg_w48_cityscapes examples: 1024x2048 PNG decode, label "
+                  "mapping, scale 0.5-2.1, pad, 512x1024 crop, flip; no model): " + ", ".join(
+                      f"{k}: {v['img_per_s']:.1f} img/s" for k, v in results["seg_pipeline"].items())]
     return "\n".join(lines)
 
 
@@ -636,6 +726,8 @@ def main(argv=None) -> dict:
                    help="XLA CPU convolutions through oneDNN (--xla_cpu_use_onednn; no measurable gain at low load on "
                         "the 2-core EPYC: W32 b4 116 GFLOP/s either way); keep (default) leaves XLA_FLAGS alone")
     p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
+    p.add_argument("--seg-pipeline", action="store_true", help="also measure the segmentation input pipeline "
+                   "(seg_w48_cityscapes examples from 1024x2048 sources)")
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
@@ -714,6 +806,8 @@ def main(argv=None) -> dict:
         print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
     if args.pose_pipeline:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
+    if args.seg_pipeline:
+        results["seg_pipeline"] = bench_seg_pipeline(4, args.pipeline_batches)
     print(markdown(results))
     save()
     return results

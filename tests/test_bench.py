@@ -102,3 +102,13 @@ def test_inference_compiler_options_keep_convs_off_ynnpack(monkeypatch):
     np.testing.assert_allclose(np.asarray(tuned(x, w)), ref, rtol=1e-5, atol=1e-4)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert xla_options.inference("cpu") == {}
+
+
+def test_torch_counterparts_of_the_segmentation_heads_have_the_official_parameter_counts():
+    """The bench's PyTorch HRNetV2 and HRNetV2 + OCR (timm backbone + heads written in bench.py) have exactly
+    the parameter counts derived from the official seg_hrnet.py / seg_hrnet_ocr.py W48 models (reference 6.4)."""
+    from hrnet_jax.bench import build_torch_model
+    seg, _ = build_torch_model("segmentation", "hrnet_w48", 19)
+    ocr, _ = build_torch_model("ocr", "hrnet_w48", 19)
+    assert sum(p.numel() for p in seg.parameters()) == 65_859_379
+    assert sum(p.numel() for p in ocr.parameters()) == 70_372_678
