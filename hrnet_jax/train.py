@@ -133,9 +133,11 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
         task = build_task(cfg)
     model = task.build_model()
     evals = task.evals()
-    if cfg.best_metric and cfg.best_metric.split("/", 1)[0] not in evals:
+    ema_decay = float(cfg.optimizer.get("ema_decay", 0.0) or 0.0)
+    eval_names = sorted(evals) + ([f"{n}_ema" for n in evals] if ema_decay > 0 else [])
+    if cfg.best_metric and cfg.best_metric.split("/", 1)[0] not in eval_names:
         raise ConfigError(f"best_metric {cfg.best_metric!r} must be '<eval>/<metric>' with <eval> one of "
-                          f"{sorted(evals)}")
+                          f"{eval_names}")
     example = _example(task)
     train_iter = DevicePrefetch(iter(as_iter_dataset(task.train_dataset(pi, pc))), data_sh,
                                 size=cfg.data.device_prefetch)
@@ -146,15 +148,16 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
     tx, lr_fn = optim.make_optimizer(cfg.optimizer, cfg.total_steps, labels)
 
     # ---------------------------------------------------------------------------------------------- state, shardings
-    init_fn = functools.partial(steps.init_state, task, model, tx, example, cfg.seed)
+    init_fn = functools.partial(steps.init_state, task, model, tx, example, cfg.seed, ema=ema_decay > 0)
     abstract = jax.eval_shape(init_fn)
     state_sh = shd.state_shardings(abstract, mesh, cfg.sharding.fsdp, cfg.sharding.fsdp_min_bytes)
+    say(shd.memory_line(abstract, state_sh, fsdp=cfg.sharding.fsdp))
     vars_sh = {"params": state_sh.params, "batch_stats": state_sh.batch_stats}
 
     # ---------------------------------------------------------------------------------------------- compiled steps
     train_step = jax.jit(
         functools.partial(steps.train_step, task=task, model=model, tx=tx, lr_fn=lr_fn,
-                          accum_steps=max(cfg.optimizer.accum_steps, 1)),
+                          accum_steps=max(cfg.optimizer.accum_steps, 1), ema_decay=ema_decay),
         in_shardings=(state_sh, data_sh), out_shardings=(state_sh, repl), donate_argnums=0)
     eval_steps = {name: make_eval_step(task, model, ev, vars_sh, data_sh) for name, ev in evals.items()}
 
@@ -218,6 +221,9 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
         res, counts = run_eval(ev, eval_steps[name], state.variables, data_sh)
         row = {f"{name}/{k}": float(v) for k, v in res.items()}
         row.update({f"data/{name}/{k}": float(v) for k, v in _sum_over_processes(counts).items()})
+        if state.ema is not None:  # the EMA weights through the same eval, beside the raw ones
+            res, _ = run_eval(ev, eval_steps[name], state.ema_variables, data_sh)
+            row.update({f"{name}_ema/{k}": float(v) for k, v in res.items()})
         return row
 
     try:
@@ -259,7 +265,7 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
                     history.append({"step": step, **row})
                     progress.write(f"step {step}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in row.items() if not k.startswith("data/")))
-                best_now = bool(cfg.best_metric) and cfg.best_metric.split("/", 1)[0] in ran
+                best_now = bool(cfg.best_metric) and cfg.best_metric.split("/", 1)[0].removesuffix("_ema") in ran
                 if best_now and cfg.best_metric not in evaluated:
                     raise ConfigError(f"best_metric {cfg.best_metric!r} is not among the metrics of that eval: "
                                       f"{sorted(k for k in evaluated if not k.startswith('data/'))}")

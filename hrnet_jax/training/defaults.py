@@ -61,6 +61,9 @@ def default_config(**updates: Any) -> Config:
             warmup_init_lr=0.0,
             grad_clip_norm=0.0,  # > 0: clip by global norm
             accum_steps=1,  # > 1: optax.MultiSteps gradient accumulation (schedule counts updates)
+            # > 0: keep an exponential moving average of params and BN statistics (in the train state,
+            # checkpointed); every eval also runs on it, logged as "<eval>_ema/<metric>"
+            ema_decay=0.0,
             # per parameter group of the task's param_groups(): {label: {lr_mult, weight_decay, frozen}}
             groups=dict(),
         ),

@@ -146,6 +146,7 @@ def validate_loop_config(cfg: Mapping, n_devices: int, process_count: int = 1) -
         check(o + "b1", lambda v: 0 <= v < 1, "must be in [0, 1)", "num")
         check(o + "b2", lambda v: 0 <= v < 1, "must be in [0, 1)", "num")
         check(o + "eps", nonneg, "must be >= 0", "num")
+        check(o + "ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1) (0 = no EMA of the weights)", "num")
         check(o + "grad_clip_norm", nonneg, "must be >= 0 (0 = no clipping)", "num")
         check(o + "warmup_init_lr", nonneg, "must be >= 0", "num")
         check(o + "decay_factor", pos, "must be > 0", "num")

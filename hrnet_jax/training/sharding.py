@@ -59,3 +59,22 @@ def put_batch(local_batch: dict, sharding: NamedSharding) -> dict:
 def _is_array(v) -> bool:
     a = np.asarray(v)
     return a.dtype.kind in "biuf" and a.ndim >= 1
+
+
+def bytes_per_device(abstract: Any, shardings: Any) -> tuple[int, int]:
+    """(total bytes, bytes held by one device) of a pytree of ShapeDtypeStructs laid out by ``shardings``."""
+    total = per = 0
+    for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+        item = np.dtype(x.dtype).itemsize
+        total += int(np.prod(x.shape)) * item
+        per += int(np.prod(s.shard_shape(x.shape))) * item
+    return total, per
+
+
+def memory_line(abstract_state: Any, shardings: Any, fsdp: bool = False) -> str:
+    """One line: the train state's size (params, optimizer state, EMA) in all and per device."""
+    total, per = bytes_per_device(abstract_state, shardings)
+    params_total, params_per = bytes_per_device(abstract_state.params, shardings.params)
+    mib = lambda b: f"{b / 2 ** 20:,.1f} MiB"
+    return (f"train state {mib(total)} ({mib(params_total)} params), per device {mib(per)} "
+            f"({mib(params_per)} params){' with FSDP' if fsdp else ''}")

@@ -24,10 +24,17 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # uint32[2]: raw PRNG key, folded with the step for per-step randomness (dropout, mixup...)
+    # {"params", "batch_stats"}: exponential moving average of the weights (optimizer.ema_decay > 0), else None
+    # (a leafless subtree: checkpoints of runs without EMA are unchanged)
+    ema: Any = None
 
     @property
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+    @property
+    def ema_variables(self) -> dict | None:
+        return None if self.ema is None else dict(self.ema)
 
 
 def init_variables(task, model, example_batch: dict, rng: jax.Array) -> dict:
@@ -47,19 +54,34 @@ def init_variables(task, model, example_batch: dict, rng: jax.Array) -> dict:
     return dict(box["variables"])
 
 
-def init_state(task, model, tx: optax.GradientTransformation, example_batch: dict, seed: int) -> TrainState:
-    """Builds the initial state (call under ``jax.jit`` with ``out_shardings`` to initialise sharded)."""
+def init_state(task, model, tx: optax.GradientTransformation, example_batch: dict, seed: int,
+               ema: bool = False) -> TrainState:
+    """Builds the initial state (call under ``jax.jit`` with ``out_shardings`` to initialise sharded);
+    ``ema``: start an EMA of the weights (a copy of the initial ones)."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
     variables = init_variables(task, model, example_batch, init_rng)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=state_rng)
+    batch_stats = variables.get("batch_stats", {})
+    ema_vars = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if ema else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=state_rng, ema=ema_vars)
+
+
+def ema_update(ema: dict, variables: dict, decay: float, step: jax.Array) -> dict:
+    """``ema * d + variables * (1 - d)`` with ``d = min(decay, (1 + step) / (10 + step))`` (a warm-up: the
+    average does not drag the random initialisation along for the first thousands of steps). Float leaves
+    only; averaged in each leaf's own (fp32) dtype."""
+    n = step.astype(jnp.float32)
+    d = jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+    return jax.tree.map(lambda e, v: (e * d + v.astype(e.dtype) * (1.0 - d)).astype(e.dtype)
+                        if jnp.issubdtype(e.dtype, jnp.floating) else v, ema, variables)
 
 
 def train_step(state: TrainState, batch: dict, *, task, model, tx: optax.GradientTransformation,
-               lr_fn: Callable, accum_steps: int = 1) -> tuple[TrainState, dict]:
+               lr_fn: Callable, accum_steps: int = 1, ema_decay: float = 0.0) -> tuple[TrainState, dict]:
     """One optimizer step. Returns the new state and scalar metrics (``loss``, ``lr``, ``grad_norm``,
-    ``param_norm`` of the updated params, and the task's aux)."""
+    ``param_norm`` of the updated params, and the task's aux). With a state EMA, it is updated by
+    :func:`ema_update` with ``ema_decay``."""
     step_rng = jax.random.fold_in(state.rng, state.step)
     pre_rng, fwd_rng = jax.random.split(step_rng)
     batch = task.preprocess(batch, pre_rng, train=True)
@@ -83,7 +105,10 @@ def train_step(state: TrainState, batch: dict, *, task, model, tx: optax.Gradien
     metrics = {"loss": loss, "lr": lr_fn(state.step // accum_steps), "grad_norm": optax.tree.norm(grads),
                "param_norm": optax.tree.norm(params),
                **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}}
-    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    ema = state.ema
+    if ema is not None:
+        ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, ema_decay, state.step)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema)
     return new, metrics
 
 

@@ -349,7 +349,8 @@ def _opt_signature(o: Mapping) -> tuple:
                          bool(g("weight_decay", 0.0) if v.get("weight_decay", -1.0) < 0 else v.get("weight_decay")))
                         for k, v in groups.items() if isinstance(v, Mapping)))
     return (kind, bool(g("momentum", 0.0)) if kind == "sgd" else None, bool(g("grad_clip_norm", 0.0) > 0),
-            (g("weight_decay_style", "l2") if wd_on else None), int(g("accum_steps", 1) or 1) > 1, gsig)
+            (g("weight_decay_style", "l2") if wd_on else None), int(g("accum_steps", 1) or 1) > 1, gsig) + (
+            (True,) if float(g("ema_decay", 0.0) or 0.0) > 0 else ())  # EMA weights in the train state
 
 
 def _set_flat(d: dict, key: str, value: Any) -> dict:
