@@ -49,17 +49,21 @@ def _write_dataset(root: str, n_train: int = 8, n_val: int = 5) -> None:
 def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("blocks"))
     _write_dataset(root)
-    cfg = get_experiment("seg_demo", {
+    cfg = get_experiment("seg_demo", {**_overrides(root)})
+    workdir = str(tmp_path_factory.mktemp("run"))
+    result = train(cfg, workdir, quiet=True)
+    return root, workdir, result
+
+
+def _overrides(root: str) -> dict:
+    return {
         "total_steps": 3, "batch_size": 4, "log_every": 1, "checkpoint_every": 3, "evals.val.every": 3,
         "model.arch": repr(TINY_ARCH), "model.ocr_mid_channels": 16, "model.ocr_key_channels": 8,
         "task.synthetic": "{}", "task.dataset": "folder", "task.data_root": root, "task.classes": "classes.json",
         "task.train_images": "train/images", "task.train_labels": "train/labels", "task.label_suffix": "_gt",
         "task.val_images": "val/images", "task.val_labels": "val/labels", "task.crop_size": "(32, 64)",
         "task.base_size": 96, "task.eval_size": "(64, 96)", "task.eval_batch_size": 4,
-        "task.class_weights": "(1.0, 1.0, 2.0)"})
-    workdir = str(tmp_path_factory.mktemp("run"))
-    result = train(cfg, workdir, quiet=True)
-    return root, workdir, result
+        "task.class_weights": "(1.0, 1.0, 2.0)"}
 
 
 def test_a_declared_custom_dataset_trains_and_its_miou_equals_numpy_on_the_predictions(trained, tmp_path):
@@ -105,3 +109,16 @@ def test_predict_cli_writes_label_maps_and_overlays(trained, tmp_path):
         rec = json.load(f)[0]
     assert abs(sum(rec["class_share"].values()) - 1.0) < 1e-3
     assert "label_ids" not in rec["files"]               # a spec without raw ids writes train ids only
+
+
+def test_evaluate_cli_reproduces_the_training_evaluation(trained, tmp_path):
+    """``predict --evaluate EXPERIMENT`` (the path for converted official checkpoints) gives the loop's figures."""
+    from hrnet_jax import predict
+    root, workdir, result = trained
+    out = str(tmp_path / "eval")
+    args = [f"--config.{k}={v}" for k, v in _overrides(root).items()]
+    assert predict.main(["--checkpoint", workdir, "--evaluate", "seg_demo", "--out", out, *args]) == 0
+    with open(os.path.join(out, "eval_metrics.json")) as f:
+        got = json.load(f)
+    for key in ("val/mIoU", "val/pixel_acc", "val/mean_acc"):
+        assert got[key] == pytest.approx(result.eval_metrics[key], rel=1e-9), key

@@ -291,7 +291,19 @@ CITYSCAPES = ClassSpec(
 CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
                             0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 
-BUILTIN_CLASS_SPECS = {"cityscapes": CITYSCAPES}
+#: Cityscapes' own categories (flat split into road and sidewalk): each class merges the raw ids of its
+#: Cityscapes classes; "void" ids stay ignore. 8 classes, for coarse models and the offline seg_demo.
+CITYSCAPES_CATEGORIES = ClassSpec(
+    name="cityscapes_categories",
+    names=("road", "sidewalk", "construction", "object", "nature", "sky", "human", "vehicle"),
+    colors=((128, 64, 128), (244, 35, 232), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180),
+            (220, 20, 60), (0, 0, 142)),
+    ignore_index=255,
+    ids=(7, 8, (11, 12, 13), (17, 19, 20), (21, 22), 23, (24, 25), (26, 27, 28, 31, 32, 33)),
+    ignore_ids=CITYSCAPES.ignore_ids,
+)
+
+BUILTIN_CLASS_SPECS = {"cityscapes": CITYSCAPES, "cityscapes_categories": CITYSCAPES_CATEGORIES}
 
 
 def get_class_spec(spec: "str | os.PathLike | Mapping[str, Any] | ClassSpec") -> ClassSpec:

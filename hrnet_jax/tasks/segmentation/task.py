@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax.data import pipeline as dp
-from hrnet_jax.data.classes import ClassSpec, get_class_spec
+from hrnet_jax.data.classes import BUILTIN_CLASS_SPECS, ClassSpec, get_class_spec
 from hrnet_jax.data.ops import segmentation as SO
 from hrnet_jax.data.sources import segmentation as SS
 from hrnet_jax.tasks.base import Task, local_batch, with_defaults
@@ -51,7 +51,7 @@ DEFAULTS = dict(
     # ---- data ----
     dataset="cityscapes",            # "cityscapes" | "folder" | "tfds"
     data_root="",
-    classes="cityscapes",            # "cityscapes" | a class-spec JSON (relative: data_root) | a dict
+    classes="cityscapes",            # "cityscapes" | "cityscapes_categories" | a class-spec JSON (relative: data_root)
     train_split="train",             # cityscapes/tfds split names
     val_split="val",                 # ("validation" for TFDS cityscapes)
     train_images="", train_labels="",   # dataset="folder": folders (relative: data_root)
@@ -119,7 +119,7 @@ class SegmentationTask(Task):
             if t[key] not in valid:
                 raise ConfigError(f"task.{key} must be one of {tuple(valid)}, got {t[key]!r}")
         classes = t.classes.to_dict() if isinstance(t.classes, Config) else t.classes
-        if isinstance(classes, str) and classes != "cityscapes" and not os.path.isabs(classes) \
+        if isinstance(classes, str) and classes.lower() not in BUILTIN_CLASS_SPECS and not os.path.isabs(classes) \
                 and not os.path.exists(classes) and t.data_root:
             classes = os.path.join(t.data_root, classes)
         self.classes: ClassSpec = get_class_spec(classes)
