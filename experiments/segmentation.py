@@ -110,7 +110,7 @@ DEMO_CLASS_WEIGHTS = (0.42, 1.14, 0.51, 1.48, 0.63, 0.83, 2.12, 0.66)
 def seg_demo():
     """Synthetic street scenes (Cityscapes layout and raw label ids, 256x512) read with the 8-category spec
     ``cityscapes_categories`` (:data:`hrnet_jax.data.classes.CITYSCAPES_CATEGORIES`; ``--config.task.classes=
-    cityscapes`` trains the same data on the 19 classes), a narrow HRNetV2 + OCR (``DEMO_ARCH``, OCR widths 64/32) on 128x256 crops
+    cityscapes --config.task.class_weights='()'`` trains the same data on the 19 classes), a narrow HRNetV2 + OCR (``DEMO_ARCH``, OCR widths 64/32) on 128x256 crops
     of the recipe's scale/crop/flip augmentation, Adam + poly, evaluated on the whole 256x512 val images."""
     total = DEMO_STEPS
     return default_config(
