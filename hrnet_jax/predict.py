@@ -17,9 +17,11 @@ person detector's output; category 1 only, ``--box-thre`` on the score). An imag
 its file name stem (COCO's ``000000000139.jpg`` -> 139), else its position in the sorted image list. A video's
 boxes come from ``--video-boxes`` (same format, ``image_id`` = frame index). An image or frame without boxes is taken as one box covering the whole picture.
 
-Per crop: the affine crop (padding 1.25, aspect fixed to the input), the model on the crop and its mirror (flip
-test with the spec's flip pairs), flip averaging and decoding on device inside one ``jax.jit`` (the task's
-``eval_forward`` + ``predict``, the same code as evaluation). Outputs in ``--out``:
+Per box, on the device through :mod:`hrnet_jax.inference` (BN folded, the inference compiler options; the same
+functions as an exported program, :mod:`hrnet_jax.export`): the affine crop (padding 1.25, aspect fixed to the
+input; bilinear in floating point, ``inference.crop_boxes``), the model on the crop and its mirror (flip test with
+the spec's flip pairs), flip averaging and decoding (the task's ``forward`` + ``predict``, the same code as
+evaluation). Outputs in ``--out``:
 
 * ``keypoints.json``: COCO results (``image_id``, ``category_id``, ``keypoints`` [x, y, score]·K in image
   pixels, ``score`` = box score × mean of the keypoint scores above ``--kpt-thre``, ``bbox``, ``file_name``);
@@ -49,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrnet_jax import xla_options
+from hrnet_jax import inference
 from hrnet_jax.data.ops import affine as T
 from hrnet_jax.training.workdir import atomic_write_json
 
@@ -243,14 +245,15 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.kpt_thre = float(kpt_thre)
         self.padding = float(task.t.box_padding)
-        apply = self.model.apply
-
-        def run(variables, images, center, scale):   # the eval step's preprocess, forward and decoding
-            batch = task.preprocess({"image": images, "center": center, "scale": scale}, None, train=False)
-            return task.predict(task.forward(apply, variables, batch, train=False, rngs=None), batch)
-        self._run = jax.jit(run, compiler_options=xla_options.inference())
+        # hrnet_jax.inference: BN folded, XLA convs, inference compiler options; the same two functions as an
+        # exported pose program (hrnet_jax.export), split so that a new image size recompiles only the crop
+        apply_fn, self._infer_variables = inference.prepare(self.model, self.variables)
+        self._crops = inference.jit(lambda image, boxes: inference.pose_crops(task, image, boxes))
+        self._run = inference.jit(lambda v, batch: inference.pose_from_crops(task, apply_fn, v, batch))
 
     def crops(self, image_rgb: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The host (``cv2.warpAffine``) crops of the evaluation pipeline: uint8 images, centers, scales.
+        :meth:`predict` crops on the device instead (``hrnet_jax.inference.pose_crops``)."""
         h_in, w_in = self.input_size
         imgs, centers, scales = [], [], []
         for b in boxes:
@@ -266,18 +269,18 @@ class Predictor:
         "score", "bbox"}`` in image pixels."""
         ih, iw = image_rgb.shape[:2]
         boxes = [tuple(b) for b in (boxes if boxes else [(0.0, 0.0, float(iw), float(ih), 1.0)])]
-        images, centers, scales = self.crops(image_rgb, boxes)
+        box_arr = np.asarray([b[:4] for b in boxes], np.float32)
         n, bs = len(boxes), self.batch_size
-        kps, vals = [], []
-        for i in range(0, n, bs):   # fixed batch shape: one compilation
-            sl = slice(i, min(i + bs, n))
-            pad = bs - (sl.stop - sl.start)
-            pad_fn = (lambda a: np.concatenate([a, np.repeat(a[:1], pad, 0)], 0)) if pad else (lambda a: a)
-            out = self._run(self.variables, pad_fn(images[sl]), pad_fn(centers[sl]), pad_fn(scales[sl]))
-            out = jax.device_get(out)
-            kps.append(np.asarray(out["keypoints"])[:bs - pad])
-            vals.append(np.asarray(out["maxvals"]).reshape(bs, -1)[:bs - pad])
-        kps, vals = np.concatenate(kps), np.concatenate(vals)
+        out = []
+        for i in range(0, n, bs):   # fixed batch shape: one compilation of the network
+            chunk = box_arr[i:i + bs]
+            pad = bs - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)], 0)
+            batch = self._crops(image_rgb, chunk)   # affine crops on the device (hrnet_jax.inference.crop_boxes)
+            out.append(np.asarray(self._run(self._infer_variables, batch))[:bs - pad])
+        kpv = np.concatenate(out)
+        kps, vals = kpv[..., :2], kpv[..., 2]
         people = []
         for b, k, v in zip(boxes, kps, vals):
             box_score = float(b[4]) if len(b) > 4 else 1.0

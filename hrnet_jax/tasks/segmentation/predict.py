@@ -18,14 +18,13 @@ from typing import Sequence
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hrnet_jax import xla_options
+from hrnet_jax import inference
 from hrnet_jax.data.ops.image import ImageReadError, read_image_rgb
 from hrnet_jax.training.workdir import atomic_write_json
 
-MULTIPLE = 32
+MULTIPLE = inference.MULTIPLE
 
 
 class SegmentationPredictor:
@@ -35,19 +34,12 @@ class SegmentationPredictor:
         self.task = task
         self.model = task.build_model()
         self.variables = jax.device_put(variables)
-
-        def run(variables, image):
-            batch = task.preprocess({"image": image}, None, train=False)
-            scores = task.scores(self.model.apply, variables, batch["image"])
-            return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
-
-        self._run = jax.jit(run, compiler_options=xla_options.inference())
+        # hrnet_jax.inference: BN folded, XLA convs, inference compiler options (the exported program's function)
+        apply_fn, self._infer_variables = inference.prepare(self.model, self.variables)
+        self._run = inference.jit(inference.segmentation_fn(task, apply_fn))
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
-        h, w = image_rgb.shape[:2]
-        ph, pw = -h % MULTIPLE, -w % MULTIPLE
-        x = np.pad(image_rgb, ((0, ph), (0, pw), (0, 0))) if (ph or pw) else image_rgb
-        return np.asarray(self._run(self.variables, x[None]))[0, :h, :w]
+        return np.asarray(self._run(self._infer_variables, image_rgb[None]))[0]   # pads to MULTIPLE and crops back
 
 
 def overlay(image_rgb: np.ndarray, color_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
