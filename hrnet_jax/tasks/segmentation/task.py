@@ -109,6 +109,43 @@ def _pair(v, what: str) -> tuple[int, int]:
     return h, w
 
 
+class TrainExample:
+    """One training example (picklable for grain worker processes: the source and plain values only): the
+    official random long-side scale, pad, crop and flip of image and label, uint8."""
+
+    def __init__(self, source, crop_hw, base_size, scale_range, scale_step, flip, ignore_index):
+        self.source, self.crop_hw, self.base_size = source, tuple(crop_hw), int(base_size)
+        self.scale_range, self.scale_step = tuple(scale_range), float(scale_step)
+        self.flip, self.ignore_index = bool(flip), int(ignore_index)
+
+    def __call__(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image, label = self.source.load(i)
+        image, label = SO.train_transform(image, label, rng, crop_hw=self.crop_hw, base_size=self.base_size,
+                                          scale_range=self.scale_range, scale_step=self.scale_step,
+                                          flip=self.flip, ignore_index=self.ignore_index)
+        return {"image": np.ascontiguousarray(image, np.uint8), "label": np.ascontiguousarray(label, np.uint8)}
+
+
+class EvalExample:
+    """One evaluation example: the whole image and label padded (bottom/right; image 0, label ignore) to the
+    static eval size; an image larger than it is scaled down to fit first (label nearest)."""
+
+    def __init__(self, source, eval_hw, ignore_index):
+        self.source, self.eval_hw, self.ignore_index = source, tuple(eval_hw), int(ignore_index)
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        image, label = self.source.load(i)
+        eh, ew = self.eval_hw
+        h, w = image.shape[:2]
+        if h > eh or w > ew:
+            s = min(eh / h, ew / w)
+            image, label = SO.resize_long_side(image, label, int(max(h, w) * s))
+            image, label = image[:eh, :ew], label[:eh, :ew]
+        image, label = SO.pad_to(image, label, (eh, ew), image_fill=0, label_fill=self.ignore_index)
+        return {"image": np.ascontiguousarray(image[:eh, :ew], np.uint8),
+                "label": np.ascontiguousarray(label[:eh, :ew], np.uint8), "index": np.int32(i)}
+
+
 class SegmentationTask(Task):
     name = "segmentation"
 
@@ -188,29 +225,17 @@ class SegmentationTask(Task):
                 raise ConfigError("no readable image among the first validation records; set task.eval_size")
         return self._eval_size
 
-    def train_example(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _train_fn(self) -> "TrainExample":
         t = self.t
-        image, label = self.source("train").load(i)
-        image, label = SO.train_transform(image, label, rng, crop_hw=self.crop_size, base_size=int(t.base_size),
-                                          scale_range=tuple(t.scale_range), scale_step=float(t.scale_step),
-                                          flip=bool(t.flip), ignore_index=self.ignore_index)
-        return {"image": np.ascontiguousarray(image, np.uint8), "label": np.ascontiguousarray(label, np.uint8)}
+        return TrainExample(self.source("train"), self.crop_size, int(t.base_size), tuple(t.scale_range),
+                            float(t.scale_step), bool(t.flip), self.ignore_index)
 
-    def eval_example(self, i: int) -> dict[str, np.ndarray]:
-        image, label = self.source("val").load(i)
-        eh, ew = self.eval_size()
-        h, w = image.shape[:2]
-        if h > eh or w > ew:       # larger than the static eval size: scale down to fit (label nearest)
-            s = min(eh / h, ew / w)
-            image, label = SO.resize_long_side(image, label, int(max(h, w) * s))
-            image, label = image[:eh, :ew], label[:eh, :ew]
-        image, label = SO.pad_to(image, label, (eh, ew), image_fill=0, label_fill=self.ignore_index)
-        return {"image": np.ascontiguousarray(image[:eh, :ew], np.uint8),
-                "label": np.ascontiguousarray(label[:eh, :ew], np.uint8), "index": np.int32(i)}
+    def _eval_fn(self) -> "EvalExample":
+        return EvalExample(self.source("val"), self.eval_size(), self.ignore_index)
 
     def train_dataset(self, process_index: int = 0, process_count: int = 1):
         src = self.source("train")
-        return dp.train_dataset(len(src), self.train_example, batch_size=local_batch(self.config["batch_size"],
+        return dp.train_dataset(len(src), self._train_fn(), batch_size=local_batch(self.config["batch_size"],
                                                                                       process_count),
                                 seed=self.config.get("seed", 0), process_index=process_index,
                                 process_count=process_count, read=self.read, reasons=SS.SEG_REASONS)
@@ -219,7 +244,7 @@ class SegmentationTask(Task):
         src = self.source("val")
         self.eval_size()
         gb = self.t.eval_batch_size or self.config["batch_size"]
-        return dp.eval_dataset(len(src), self.eval_example, batch_size=local_batch(gb, process_count),
+        return dp.eval_dataset(len(src), self._eval_fn(), batch_size=local_batch(gb, process_count),
                                process_index=process_index, process_count=process_count, read=self.read,
                                reasons=SS.SEG_REASONS)
 
