@@ -111,3 +111,13 @@ def test_default_config_merges_new_groups():
     cfg = default_config(task=dict(k=1), optimizer=dict(name="adam"))
     assert cfg.task.k == 1 and cfg.optimizer.name == "adam" and cfg.optimizer.lr == 0.1
     assert isinstance(cfg.task, Config)
+
+
+def test_a_config_pickles_and_copies_unchanged():
+    """Worker processes receive configs by pickle (grain mp_prefetch); fixed keys must not break that."""
+    import copy
+    import pickle
+    cfg = get_experiment("pose_demo", ["optimizer.lr=0.5"])
+    for other in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg)):
+        assert other == cfg and type(other) is type(cfg) and other.optimizer.lr == 0.5
+        assert type(other.task) is type(cfg.task)

@@ -47,6 +47,9 @@ class Config(dict):
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
 
+    def __reduce__(self):   # pickle (grain worker processes, multiprocessing) through the plain dict
+        return (type(self), (self.to_dict(),))
+
     def keys_flat(self, prefix: str = "") -> list[str]:
         out = []
         for k, v in self.items():
