@@ -305,6 +305,70 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     return out
 
 
+DEPLOY_PATHS = ("plain", "entry", "artifact")
+
+
+def bench_deploy(path: str, name: str, hw, batches: tuple[int, ...], args, out: dict | None = None,
+                 on_update=None) -> dict:
+    """Inference images/s of one deployment path, in its own fresh process (``--deploy``):
+
+    * ``plain``: what a user writes, ``jax.jit(model.apply)`` on ``models.create(name)`` (``train=False``);
+    * ``entry``: the inference entry point, ``hrnet_jax.inference.compile(model, variables)``;
+    * ``artifact``: the model exported with ``hrnet_jax.export`` machinery (``jax.export``, symbolic batch,
+      weights inside), serialized, deserialized and run as ``hrnet_jax.export.load`` runs it.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from hrnet_jax import inference, models
+
+    kw: dict[str, Any] = {"dtype": jnp.bfloat16} if args.dtype == "bfloat16" else {}
+    if args.tiny:
+        kw["config"] = TINY_CONFIG()
+    model = models.create(name, **kw)
+    out = {} if out is None else out
+    out.update(path=path, compile_s={})
+    on_update = on_update or (lambda: None)
+    variables = _random_variables(model, jnp.zeros((1, *hw, 3), jnp.float32))
+    rng = np.random.default_rng(1)
+    if path == "plain":
+        fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        call = lambda compiled, x: compiled(variables, x)  # noqa: E731
+        lower = lambda x: fn.lower(variables, x)  # noqa: E731
+    elif path == "entry":
+        run = inference.compile(model, variables)
+        call = lambda compiled, x: compiled(run.variables, x)  # noqa: E731
+        lower = run.lower
+    elif path == "artifact":
+        from jax import export as jex
+        from hrnet_jax import xla_options
+        apply_fn, iv = inference.prepare(model, variables)
+        iv = jax.tree.map(np.asarray, iv)
+        b_sym, = jex.symbolic_shape("b")
+        t = time.perf_counter()
+        exp = jex.export(jax.jit(lambda x: apply_fn(iv, x, train=False)), platforms=("cpu", "cuda", "tpu"))(
+            jax.ShapeDtypeStruct((b_sym, *hw, 3), jnp.float32))
+        blob = exp.serialize()
+        out["export_s"] = round(time.perf_counter() - t, 2)
+        out["artifact_mb"] = round(len(blob) / 2**20, 1)
+        loaded = jex.deserialize(blob)
+        fn = jax.jit(loaded.call, compiler_options=xla_options.inference() or None)
+        call = lambda compiled, x: compiled(x)  # noqa: E731
+        lower = fn.lower
+    else:
+        raise ValueError(f"unknown deploy path {path!r}; valid: {DEPLOY_PATHS}")
+    for b in batches:
+        x = jnp.asarray(rng.standard_normal((b, *hw, 3), np.float32))
+        t = time.perf_counter()
+        compiled = lower(x).compile()
+        out["compile_s"][f"infer_b{b}"] = round(time.perf_counter() - t, 2)
+        out[f"infer_b{b}"] = b / _median_time(lambda: jax.block_until_ready(call(compiled, x)), args.warmup,
+                                              args.iters)
+        out[f"load_b{b}"] = _loadavg()
+        on_update()
+    return out
+
+
 def _jax_target(head, shape, rng, hw=None):
     """Random targets: class labels, per-pixel labels at the input size (segmentation: the recipe's loss is
     taken at label resolution), or heatmaps."""
@@ -525,6 +589,12 @@ def worker(job: dict) -> None:
         jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold compiles
         res["machine"] = jax_machine_info()
         bench_jax(job["name"], hw, batches, job["train_batch"], args, out=res["figures"], on_update=write)
+    elif job["framework"].startswith("deploy:"):
+        import jax
+        jax.config.update("jax_enable_compilation_cache", False)
+        res["machine"] = jax_machine_info()
+        bench_deploy(job["framework"].split(":", 1)[1], job["name"], hw, batches, args, out=res["figures"],
+                     on_update=write)
     else:
         import torch
         torch.set_num_threads(job["threads"])
@@ -541,7 +611,7 @@ def run_worker(framework: str, name: str, spec: dict, hw, batches, train_batch: 
     the partial figures when the child fails (``figures["error"]`` says how) or when this process is being
     stopped (SIGTERM -> SystemExit, see ``__main__``), before the stop goes on."""
     with tempfile.TemporaryDirectory(prefix="hrnet_bench_") as d:
-        keys = JAX_ARGS if framework == "jax" else TORCH_ARGS
+        keys = JAX_ARGS if framework == "jax" or framework.startswith("deploy:") else TORCH_ARGS
         job = dict(framework=framework, name=name, head=spec["head"], timm_name=timm_name(spec["width"]),
                    num_outputs=spec["num_outputs"], hw=list(hw), batches=list(batches), train_batch=train_batch,
                    compiled=compiled, threads=threads, args={k: getattr(args, k) for k in keys},
@@ -684,6 +754,33 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def deploy_markdown(results: dict) -> str:
+    """The ``--deploy`` table: images/s of each inference path and its ratio to timm eager and torch.compile."""
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; python {m['python']}, jax {m.get('jax', '?')}, "
+             f"torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} threads), timm {m.get('timm', '?')}; "
+             f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; dtype {results['config']['dtype']}; each path in a "
+             f"fresh process; load at start {m['load_at_start']}", ""]
+    bs = results["config"]["batches"]
+    hdr = ("| model | input | path | " + " | ".join(f"b{b} img/s | /eager | /compile" for b in bs)
+           + " | compile s (b" + str(max(bs)) + ") | load |")
+    lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    for r in results["models"]:
+        eager, comp = r.get("torch", {}), r.get("torch_compile", {})
+        rows = [(d, r.get(f"deploy:{d}", {})) for d in DEPLOY_PATHS] + [("timm eager", eager),
+                                                                           ("torch.compile", comp)]
+        for label, f in rows:
+            cells = []
+            for b in bs:
+                v, e, c = f.get(f"infer_b{b}"), eager.get(f"infer_b{b}"), comp.get(f"infer_b{b}")
+                cells += [_fmt(v), _fmt(v / e, 2) if v and e else "-", _fmt(v / c, 2) if v and c else "-"]
+            loads = [f.get(f"load_b{b}") for b in bs if f.get(f"load_b{b}") is not None]
+            lines.append("| " + " | ".join([r["name"], "x".join(map(str, r["input_hw"])), label] + cells + [
+                _fmt((f.get("compile_s") or {}).get(f"infer_b{max(bs)}")),
+                "/".join(_fmt(x, 1) for x in loads) or _fmt(r.get("load"), 2)]) + " |")
+    return "\n".join(lines)
+
+
 def ratios(jax_res: dict, torch_res: dict) -> dict:
     """JAX images/s divided by torch images/s for every throughput both measured."""
     out = {}
@@ -725,6 +822,10 @@ def main(argv=None) -> dict:
     p.add_argument("--xla-onednn", default="keep", choices=["on", "off", "keep"],
                    help="XLA CPU convolutions through oneDNN (--xla_cpu_use_onednn; no measurable gain at low load on "
                         "the 2-core EPYC: W32 b4 116 GFLOP/s either way); keep (default) leaves XLA_FLAGS alone")
+    p.add_argument("--deploy", action="store_true",
+                   help="inference paths instead of the default rows, each in a fresh process: a user's plain "
+                        "jax.jit(model.apply), the inference entry point (hrnet_jax.inference.compile) and the "
+                        "exported artifact (jax.export), against timm eager and torch.compile (no training)")
     p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
     p.add_argument("--seg-pipeline", action="store_true", help="also measure the segmentation input pipeline "
                    "(seg_w48_cityscapes examples from 1024x2048 sources)")
@@ -787,7 +888,10 @@ def main(argv=None) -> dict:
         entry: dict[str, Any] = {"name": name, "input_hw": list(hw), "head": spec["head"], "load": _loadavg()}
         print(f"# {name} @{hw[0]}x{hw[1]} (load {entry['load']})", file=sys.stderr, flush=True)
         results["models"].append(entry)
-        runs = [("jax", False)]
+        runs = [("jax", False)] if not args.deploy else [(f"deploy:{d}", False) for d in DEPLOY_PATHS]
+        if args.deploy:
+            train_batch = 0
+            args.torch_compile = True
         if with_torch and not (args.torch_compile and args.no_torch_eager):
             runs.append(("torch", False))
         if with_torch and args.torch_compile:
@@ -798,17 +902,23 @@ def main(argv=None) -> dict:
             def store(res, key=key):
                 results["machine"].update(res["machine"])
                 entry[key] = res["figures"]
+                if key.startswith("deploy:"):
+                    return save()
                 if key != "jax":
                     entry["ratios" if key == "torch" else "ratios_compile"] = ratios(entry.get("jax", {}), entry[key])
                 save()
-            run_worker("jax" if key == "jax" else "torch", name, spec, hw, batches, train_batch, args, threads,
-                       store, compiled=compiled)
+            run_worker(key if key == "jax" or key.startswith("deploy:") else "torch", name, spec, hw, batches,
+                       train_batch, args, threads, store, compiled=compiled)
         print(f"#   {json.dumps(entry)}", file=sys.stderr, flush=True)
     if args.pose_pipeline:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
     if args.seg_pipeline:
         results["seg_pipeline"] = bench_seg_pipeline(4, args.pipeline_batches)
-    print(markdown(results))
+    if args.deploy:
+        results["config"]["deploy"] = True
+        print(deploy_markdown(results))
+    else:
+        print(markdown(results))
     save()
     return results
 

@@ -270,6 +270,9 @@ def export(checkpoint: str | None = None, out: str | None = None, *, task=None, 
     def program(*inputs):   # the weights are constants of the program: one self-contained file
         return fn(v, *inputs)
 
+    if format == "onnx" and task.name == "pose" and batch in (None, "dynamic", ""):
+        raise ValueError("--format onnx for pose needs a fixed --batch N (jax2onnx slices the flip-test batch "
+                         "wrongly when it is symbolic); the image size stays free")
     specs, ins, outs = _signature(task, batch, image_size, topk)
     os.makedirs(out, exist_ok=True)
     exp = jex.export(jax.jit(program), platforms=platforms)(*specs)
@@ -280,8 +283,12 @@ def export(checkpoint: str | None = None, out: str | None = None, *, task=None, 
     path = os.path.join(out, ARTIFACT[format])
     extra: dict[str, Any] = {}
     if format == "jax":
+        try:
+            blob = exp.serialize()
+        except ImportError as e:   # jax.export's serialization needs the flatbuffers package
+            raise RuntimeError(f"{e} (pip install flatbuffers)") from None
         with open(path + ".tmp", "wb") as f:
-            f.write(exp.serialize())
+            f.write(blob)
         os.replace(path + ".tmp", path)
     elif format == "savedmodel":
         extra = _save_savedmodel(program, specs, ins, outs, path, platforms)
@@ -330,18 +337,14 @@ def _save_onnx(program, specs, ins, outs, path) -> dict:
         import jax2onnx
     except ImportError as e:
         raise RuntimeError(f"--format onnx needs jax2onnx (pip install 'hrnet_jax[onnx]'): {e}") from None
-    inputs = [tuple(d if isinstance(d, int) else str(d) for d in s.shape) for s in specs]
-    dtypes = [np.dtype(s.dtype) for s in specs]
-    model = jax2onnx.to_onnx(program, [jax_spec(s, d) for s, d in zip(inputs, dtypes)],
-                             input_names=[i["name"] for i in ins], output_names=[o["name"] for o in outs])
-    with open(path, "wb") as f:
-        f.write(model.SerializeToString())
-    return {"jax2onnx_version": getattr(jax2onnx, "__version__", "")}
-
-
-def jax_spec(shape, dtype):
-    import jax
-    return jax.ShapeDtypeStruct(shape, dtype)
+    jax2onnx.to_onnx(program, list(specs), model_name="hrnet_jax", input_names=[i["name"] for i in ins],
+                     output_names=[o["name"] for o in outs], return_mode="file", output_path=path)
+    try:
+        from importlib.metadata import version
+        v = version("jax2onnx")
+    except Exception:   # noqa: BLE001
+        v = ""
+    return {"jax2onnx_version": v}
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

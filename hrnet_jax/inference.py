@@ -77,7 +77,9 @@ def prepare(model, variables, *, fold: bool = True) -> tuple[Callable, dict]:
             return model.apply(v, x, train=False, **({"rngs": rngs} if rngs else {}), **kw)
         return apply_plain, {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     from hrnet_jax.models.fold import fold_batchnorm
-    folded, params = fold_batchnorm(model, variables)
+    # scanned runs become straight-line code with their own kernels, unless the model asked for rolled loops
+    # (scan_unroll != True: a faster compile matters more to it)
+    folded, params = fold_batchnorm(model, variables, unstack=getattr(_bare(model), "scan_unroll", True) is True)
 
     def apply_folded(v, x, *, train: bool = False, rngs=None, **kw):
         if train:

@@ -215,17 +215,28 @@ def test_no_custom_calls_beyond_jax(pose, seg, cls):
 
 
 # ---------------------------------------------------------------------------------------------- optional formats
-def test_onnx_format_matches(cls, tmp_path):
+def test_onnx_format_matches(pose, seg, cls, tmp_path):
+    """ONNX (jax2onnx) for the three tasks: classification and segmentation with a symbolic batch, pose with a
+    fixed one (its image size stays free), run by onnxruntime, equal to the jax artifact within 1e-4."""
     pytest.importorskip("jax2onnx")
     ort = pytest.importorskip("onnxruntime")
-    task, variables, out = cls
-    path = E.export(task=task, variables=variables, out=str(tmp_path / "onnx"), topk=3, format="onnx")
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    x = images(2, (32, 32), seed=11)
-    got = sess.run(None, {sess.get_inputs()[0].name: x})
-    want = E.load(out)(x)
-    np.testing.assert_array_equal(got[0], want["classes"])
-    np.testing.assert_allclose(got[1], want["probs"], atol=1e-4, rtol=0)
+    from hrnet_jax.export import _task_of
+    pose_task, pose_vars = _task_of(pose[0], input_size=(64, 64))
+    with pytest.raises(ValueError, match="fixed --batch"):
+        E.export(task=pose_task, variables=pose_vars, out=str(tmp_path / "p0"), format="onnx")
+    cases = [("cls", cls[0], cls[1], cls[2], dict(topk=3), [[images(2, (32, 32), 11)], [images(5, (32, 32), 12)]]),
+             ("seg", seg[0], seg[1], seg[2], {}, [[images(1, (40, 56), 13)], [images(3, (40, 56), 14)]]),
+             ("pose", pose_task, pose_vars, pose[1], dict(batch=2),
+              [[images(1, (90, 70), 15)[0], np.asarray([[5, 5, 40, 50], [20, 10, 30, 30]], np.float32)]])]
+    for name, task, variables, jax_dir, kw, calls in cases:
+        path = E.export(task=task, variables=variables, out=str(tmp_path / name), format="onnx", **kw)
+        assert json.load(open(tmp_path / name / "metadata.json"))["format"] == "onnx"
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        for args in calls:
+            got = sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), args)})
+            want = list(E.load(jax_dir)(*args).values())
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
 
 
 def test_savedmodel_format_matches(cls, tmp_path):

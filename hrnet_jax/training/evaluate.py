@@ -8,23 +8,29 @@ metrics merged with the evaluator's, plus the data-layer counters of the batches
 """
 from __future__ import annotations
 
-import functools
+from types import SimpleNamespace
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from hrnet_jax import xla_options
 from hrnet_jax.training import metrics as metrics_lib
 from hrnet_jax.training import sharding as shd
 from hrnet_jax.training import steps
 from hrnet_jax.training.prefetch import DevicePrefetch, as_iter_dataset
 
 def make_eval_step(task, model, ev, variables_sharding: Any, data_sharding: Any):
-    """The compiled eval step of ``ev`` (inference compiler options; metric states replicated)."""
-    return jax.jit(functools.partial(steps.eval_step, task=task, model=model, forward=ev.forward),
-                   in_shardings=(variables_sharding, data_sharding), compiler_options=xla_options.inference())
+    """The compiled eval step of ``ev`` through the inference entry point (:func:`hrnet_jax.inference.prepare`:
+    BatchNorm folded inside the step, so each pass uses the variables it is given; XLA convs; the inference
+    compiler options); metric states replicated."""
+    from hrnet_jax import inference
+
+    def step(variables, batch):
+        apply_fn, infer_variables = inference.prepare(model, variables)
+        return steps.eval_step(infer_variables, batch, task=task, model=SimpleNamespace(apply=apply_fn),
+                               forward=ev.forward)
+    return inference.jit(step, in_shardings=(variables_sharding, data_sharding))
 
 
 def _to_host(tree):
