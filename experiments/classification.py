@@ -38,7 +38,7 @@ def _imagenet(model: str, *, batch: int = 128, epochs: int = 100, lr: float = 0.
         model=dict(name=model, dtype="float32", arch={}),
         optimizer=dict(name="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4, decay_bn_bias=True,
                        schedule="step", boundaries=(30 * spe, 60 * spe, 90 * spe), decay_factor=0.1),
-        sharding=dict(fsdp=fsdp),
+        sharding=dict(fsdp=fsdp, fsdp_min_bytes=2 ** 18),  # W64: shard every tensor >= 256 KiB
         task=task_defaults(source="tfds", tfds_name="imagenet2012", data_dir="data/tfds", train_split="train",
                            eval_split="validation", num_classes=1000, image_size=224, eval_resize=256,
                            eval_crop=224, rrc_scale=(0.08, 1.0), flip=True, read_workers=8, read_threads=2,

@@ -1,8 +1,9 @@
 """Scale without a pod, on a narrow HRNet-C reading a TFDS (ArrayRecord) dataset through grain:
 
-* 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) give the same losses, eval top-1/top-5 (computed on
-  device, reduced across processes) and EMA metrics as 1 process x 8 devices;
-* a checkpoint written on 1 x 8 devices restores on 2 x 4 and on 1 x 2 devices and continues identically.
+a checkpoint written on 1 process x 8 CPU devices restores on 2 processes x 4 devices (jax.distributed on
+127.0.0.1) and on 1 process x 2 devices, and both continue with the same losses, eval top-1/top-5 (computed on
+device, reduced across processes), EMA metrics and parameters as the 1 x 8 run. (A fresh 2-process run against a
+1-process one: tests/test_train_multihost.py.)
 """
 import json
 import os
@@ -25,7 +26,8 @@ def _args(data_dir):
             "--config.batch_size=16", "--config.task.eval_batch_size=16", "--config.task.image_size=32",
             "--config.task.eval_resize=37", "--config.task.eval_crop=32", "--config.task.read_threads=1",
             "--config.total_steps=4", "--config.log_every=1", "--config.evals.val.every=4",
-            "--config.checkpoint_every=2", "--config.keep_checkpoints=3", "--config.optimizer.warmup_steps=1",
+            "--config.checkpoint_every=2", "--config.keep_checkpoints=3", "--config.optimizer.warmup_steps=0",
+            "--config.optimizer.lr=0.01",
             "--config.optimizer.ema_decay=0.5"]
 
 
@@ -95,32 +97,28 @@ def _assert_params_close(a, b, tol):
     assert len(ea) == len(eb) > 0
 
 
-def test_one_by_eight_equals_two_by_four_and_restores_on_other_meshes(tmp_path):
+def test_one_by_eight_restores_on_two_by_four_and_one_by_two_and_continues_identically(tmp_path):
     data = str(tmp_path / "data")
     ensure_cls_demo(data, quiet=True, **SMALL)
-    args, cache = _args(data), str(tmp_path / "xla")
-    a, b, c, d = (str(tmp_path / n) for n in ("a_1x8", "b_2x4", "c_resume_2x4", "d_resume_1x2"))
+    args, cache = _args(data), "off"
+    a, c, d = (str(tmp_path / n) for n in ("a_1x8", "c_resume_2x4", "d_resume_1x2"))
 
-    _wait(_start(args, a, 1, 8, cache))
-    _wait(_start(args, b, 2, 4, cache))
-    ra, rb = _rows(a), _rows(b)
-    assert [r["step"] for r in rb] == [r["step"] for r in ra]     # only process 0 writes
-    la, lb = _losses(ra), _losses(rb)
+    _wait(_start(args, a, 1, 8, cache))  # steps 1-4 on 1 process x 8 devices, checkpoints at 2 and 4
+    ra = _rows(a)
+    la, ea = _losses(ra), _evals(ra)
     assert sorted(la) == [1, 2, 3, 4]
-    np.testing.assert_allclose([lb[s] for s in la], [la[s] for s in la], rtol=1e-5)
-    ea, eb = _evals(ra), _evals(rb)
     assert {"val/top1", "val/top5", "val_ema/top1", "val_ema/top5"} <= set(ea)
-    assert ea == pytest.approx(eb, abs=1e-6)                       # top-k reduced across processes
-    _assert_params_close(_params(b, 4), _params(a, 4), 1e-5)
 
+    # the step-2 checkpoint continued on 2 processes x 4 devices and on 1 process x 2 devices (restores skip
+    # initialisation, so these runs compile only their train and eval steps)
     _resume_copy(a, c)
     _resume_copy(a, d)
-    procs = _start(args, c, 2, 4, cache) + _start(args, d, 1, 2, cache)
-    _wait(procs)
-    for wd, tol in ((c, 1e-5), (d, 1e-4)):
+    _wait(_start(args, c, 2, 4, cache) + _start(args, d, 1, 2, cache))
+    for wd, tol in ((c, 1e-4), (d, 1e-4)):
         rows = _rows(wd)
         lr = _losses(rows, after=2)
         assert sorted(lr) == [3, 4], rows
-        np.testing.assert_allclose([lr[3], lr[4]], [la[3], la[4]], rtol=tol)
-        assert _evals(rows) == pytest.approx(ea, abs=1e-6)
+        np.testing.assert_allclose([lr[3], lr[4]], [la[3], la[4]], rtol=1e-5)     # the same losses
+        assert _evals(rows) == pytest.approx(ea, abs=1e-6)   # top-1/top-5 (raw and EMA) reduced across processes
         _assert_params_close(_params(wd, 4), _params(a, 4), tol)
+    assert [r["step"] for r in _rows(c)] == [r["step"] for r in ra]   # only process 0 of 2 wrote rows

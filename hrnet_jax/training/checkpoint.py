@@ -28,7 +28,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -43,11 +44,26 @@ class Checkpointer:
         self.manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
-        """Restores ``state`` onto ``abstract_state``'s shardings, and ``data_iter`` in place."""
+        """Restores ``state`` onto ``abstract_state``'s shardings, and ``data_iter`` in place.
+
+        A checkpoint written by another number of processes has no data file for this process
+        (``process_<i>-of-<n>.json``): the iterator position is then taken from the written ones (every
+        process's iterator is at the same local-batch position of one global stream: ``data.pipeline``), and
+        the data counters, which were per process, go to process 0 as their sum."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
+        remapped = None
         if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(int(step), args=ocp.args.Composite(**items))["state"]
+            from etils import epath  # local paths and gs:// alike
+            data_dir = epath.Path(self.directory) / str(int(step)) / "data"
+            own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            if data_dir.is_dir() and not own.exists():
+                remapped = remap_data_state(data_dir, jax.process_index())
+            else:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        state = self.manager.restore(int(step), args=ocp.args.Composite(**items))["state"]
+        if remapped is not None:
+            data_iter.set_state(remapped)
+        return state
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -55,6 +71,30 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def remap_data_state(data_dir, process_index: int) -> bytes:
+    """The data-iterator state for ``process_index`` from the ``process_<i>-of-<n>.json`` files another process
+    count wrote (see :meth:`Checkpointer.restore`)."""
+    import json
+    import re
+    from etils import epath
+    files = sorted(p for p in epath.Path(data_dir).iterdir() if re.fullmatch(r"process_\d+-of-\d+\.json", p.name))
+    if not files:
+        raise FileNotFoundError(f"no data iterator state in {data_dir}")
+    states = [json.loads(p.read_text()) for p in files]
+    iterators = [json.dumps(s.get("iterator"), sort_keys=True) for s in states]
+    if len(set(iterators)) > 1:
+        raise ValueError(f"the processes that wrote {data_dir} were at different data positions; cannot restore "
+                         f"on another process count")
+    counts: dict[str, int] = {}
+    if process_index == 0:
+        for s in states:
+            for k, v in (s.get("counts") or {}).items():
+                counts[k] = counts.get(k, 0) + int(v)
+    else:
+        counts = {k: 0 for k in (states[0].get("counts") or {})}
+    return json.dumps({"iterator": states[0].get("iterator"), "counts": counts}).encode()
 
 
 def latest_step_on_disk(directory: str) -> int | None:
