@@ -690,6 +690,44 @@ def bench_seg_pipeline(batch_size: int, num_batches: int, root: str | None = Non
     return res
 
 
+def bench_cls_pipeline(batch_size: int, num_batches: int, root: str | None = None, size: int = 224,
+                       workers=None) -> dict:
+    """ImageNet classification input pipeline images/s per host (TFDS ArrayRecord read + JPEG decode +
+    RandomResizedCrop(224) + flip; no model) of ``cls_w32_in1k``'s training examples on ImageNet-sized JPEGs
+    (333-500 px a side, the cls_demo generator): in the reading process with 1 and all reader threads, then with
+    1, 2, ..., N grain worker processes; ``draft_off`` rows decode every JPEG at full size."""
+    import resource
+    import time
+
+    from experiments import get_experiment
+    from hrnet_jax.data.synthetic.classification import ensure_cls_demo
+    from hrnet_jax.tasks.classification.task import ClassificationTask
+    root = root or os.path.join(tempfile.gettempdir(), "hrnet_bench_cls_imagenet_like")
+    ensure_cls_demo(root, quiet=True, num_train=256, num_val=8, min_side=333, max_side=500, seed=0)
+    n = os.cpu_count() or 1
+    workers = workers or sorted({1, 2, n})
+    configs = [("1_thread", 1, 0, True), ("1_thread_draft_off", 1, 0, False), (f"{n}_threads", n, 0, True)]
+    configs += [(f"{w}_workers", 1, w, True) for w in workers]
+    res = {}
+    for name, threads, wk, draft in configs:
+        cfg = get_experiment("cls_w32_in1k", {"task.data_dir": root, "task.tfds_name": "cls_demo",
+                                              "task.num_classes": 10, "batch_size": batch_size,
+                                              "task.image_size": size, "task.read_threads": threads,
+                                              "task.read_workers": wk, "task.read_prefetch_batches": 2,
+                                              "task.decode_draft": draft})
+        it = iter(ClassificationTask(cfg).train_dataset(0, 1))
+        next(it)  # start-up (worker processes, first decode) not timed
+        t0 = time.perf_counter()
+        for _ in range(num_batches):
+            next(it)
+        dt = time.perf_counter() - t0
+        res[name] = {"img_per_s": round(batch_size * num_batches / dt, 2), "threads": threads, "workers": wk,
+                     "draft": draft, "load": _loadavg(),
+                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        del it
+    return res
+
+
 # --------------------------------------------------------------------------------------------------- output
 def _fmt(v, nd=1):
     if v is None:
@@ -751,6 +789,10 @@ def markdown(results: dict) -> str:
         lines += ["", "Segmentation input pipeline (seg_w48_cityscapes examples: 1024x2048 PNG decode, label "
                   "mapping, scale 0.5-2.1, pad, 512x1024 crop, flip; no model): " + ", ".join(
                       f"{k}: {v['img_per_s']:.1f} img/s" for k, v in results["seg_pipeline"].items())]
+    if results.get("cls_pipeline"):
+        lines += ["", "ImageNet classification input pipeline (TFDS ArrayRecord, JPEG 333-500 px decode, "
+                  "RandomResizedCrop 224, flip; no model): " + ", ".join(
+                      f"{k}: {v['img_per_s']:.1f} img/s" for k, v in results["cls_pipeline"].items())]
     return "\n".join(lines)
 
 
@@ -829,6 +871,8 @@ def main(argv=None) -> dict:
     p.add_argument("--pose-pipeline", action="store_true", help="also measure the pose input pipeline")
     p.add_argument("--seg-pipeline", action="store_true", help="also measure the segmentation input pipeline "
                    "(seg_w48_cityscapes examples from 1024x2048 sources)")
+    p.add_argument("--cls-pipeline", action="store_true", help="also measure the ImageNet classification input "
+                   "pipeline (TFDS ArrayRecord + JPEG decode + RandomResizedCrop 224; threads and worker processes)")
     p.add_argument("--pipeline-batches", type=int, default=10)
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument("--device-script", action="store_true", help="print the GPU command and exit")
@@ -914,6 +958,8 @@ def main(argv=None) -> dict:
         results["pose_pipeline"] = bench_pose_pipeline(max(batches), args.pipeline_batches)
     if args.seg_pipeline:
         results["seg_pipeline"] = bench_seg_pipeline(4, args.pipeline_batches)
+    if args.cls_pipeline:
+        results["cls_pipeline"] = bench_cls_pipeline(32, args.pipeline_batches)
     if args.deploy:
         results["config"]["deploy"] = True
         print(deploy_markdown(results))

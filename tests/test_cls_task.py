@@ -134,3 +134,34 @@ def test_ema_update_formula():
     np.testing.assert_allclose(out["params"]["w"], d0 * 1 + (1 - d0) * 3, rtol=1e-6)
     out = ema_update(ema, new, 0.99, jnp.int32(10 ** 6))
     np.testing.assert_allclose(out["batch_stats"]["n"], 0.01 * 2, rtol=1e-5)
+
+
+def test_predict_images_top5_with_names(tmp_path, capsys):
+    import cv2
+    import jax
+    from experiments import get_experiment
+    from hrnet_jax.tasks import build_task
+    from hrnet_jax.tasks.classification.predict import predict_images
+    from hrnet_jax.training.steps import init_variables
+    task = build_task(get_experiment("cls_synthetic", ["task.eval_resize=36", "task.eval_crop=32"]))
+    model = task.build_model()
+    variables = init_variables(task, model, {"image": np.zeros((1, 32, 32, 3), np.uint8),
+                                             "label": np.zeros((1,), np.int32)}, jax.random.PRNGKey(0))
+    paths = []
+    for i in range(3):
+        p = str(tmp_path / f"im{i}.jpg")
+        cv2.imwrite(p, np.random.default_rng(i).integers(0, 255, (50 + 10 * i, 70, 3), dtype=np.uint8))
+        paths.append(p)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = predict_images(task, variables, paths + [str(tmp_path / "bad.jpg")], str(tmp_path / "pred"), topk=5,
+                         batch_size=2)
+    assert [r["image"] for r in out] == paths + [str(tmp_path / "bad.jpg")]
+    assert out[-1]["error"] == "corrupt_image"
+    names = task.class_names()
+    for r in out[:3]:
+        probs = [e["prob"] for e in r["top"]]
+        assert len(r["top"]) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(e["name"] == names[e["class"]] for e in r["top"])
+    printed = capsys.readouterr().out
+    assert paths[0] in printed and out[0]["top"][0]["name"] in printed
+    assert (tmp_path / "pred" / "predictions.json").exists()
