@@ -1,8 +1,10 @@
 """``cls_demo``: a synthetic ImageNet-like classification dataset, written as a real TFDS dataset (ArrayRecord).
 
-Ten classes of procedurally drawn objects — disc, square, triangle, star, cross, ring, crescent, hexagon, arrow,
-stripes — one per image, at a random scale (18-40 % of the short side as radius), position, rotation and colour
-(the colour never tells the class), on backgrounds of two-colour gradients, noise and small clutter strokes.
+Ten classes of procedurally drawn objects — disc, cross, triangle, ring, square, star, stripes, crescent, arrow,
+hexagon — one per image, at a random scale (25-45 % of the short side as radius), position, rotation and shading,
+on backgrounds of muted two-colour gradients, noise and small clutter strokes. Each class has a typical hue
+(±22° around centres 36° apart, overlapping its neighbours', whose shapes differ), as many ImageNet classes do: colour narrows a class
+down quickly, the shape decides.
 Images are JPEG-encoded (quality 90) at ImageNet-like sizes (240-400 px a side, any aspect in between), so the
 demo goes through the same decode, ``RandomResizedCrop`` and resize-then-centre-crop path as ImageNet.
 
@@ -23,7 +25,8 @@ import shutil
 import cv2
 import numpy as np
 
-CLASSES = ("disc", "square", "triangle", "star", "cross", "ring", "crescent", "hexagon", "arrow", "stripes")
+# ordered so that classes with neighbouring hues have very different shapes
+CLASSES = ("disc", "cross", "triangle", "ring", "square", "star", "stripes", "crescent", "arrow", "hexagon")
 MARKER = ".hrnet_jax_synthetic.json"
 _GENERATOR = "hrnet_jax.data.synthetic.classification"
 DEFAULTS = dict(num_train=2000, num_val=500, min_side=240, max_side=400, seed=0)
@@ -54,8 +57,9 @@ def _polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _colour(rng: np.random.Generator, sat=(0.5, 1.0), val=(0.45, 1.0)) -> tuple[float, float, float]:
-    hsv = np.uint8([[[rng.integers(0, 180), int(255 * rng.uniform(*sat)), int(255 * rng.uniform(*val))]]])
+def _colour(rng: np.random.Generator, sat=(0.5, 1.0), val=(0.45, 1.0), hue=None) -> tuple[float, float, float]:
+    h = rng.integers(0, 180) if hue is None else int(round(hue)) % 180
+    hsv = np.uint8([[[h, int(255 * rng.uniform(*sat)), int(255 * rng.uniform(*val))]]])
     return tuple(float(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
@@ -72,8 +76,8 @@ def _noise_bank() -> np.ndarray:
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    c0 = np.asarray(_colour(rng, (0.0, 0.6), (0.1, 0.9)), np.float32)
-    c1 = np.asarray(_colour(rng, (0.0, 0.6), (0.1, 0.9)), np.float32)
+    c0 = np.asarray(_colour(rng, (0.0, 0.45), (0.1, 0.7)), np.float32)
+    c1 = np.asarray(_colour(rng, (0.0, 0.45), (0.1, 0.7)), np.float32)
     ang = rng.uniform(0, 2 * np.pi)
     gx = (np.cos(ang) * np.arange(w, dtype=np.float32) / w)[None, :]
     gy = (np.sin(ang) * np.arange(h, dtype=np.float32) / h)[:, None]
@@ -92,12 +96,11 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _fill(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
-    """Paints ``mask`` (uint8 0/255) with a solid colour or a two-colour gradient, slightly shaded."""
-    h, w = mask.shape
-    c0 = np.asarray(_colour(rng), np.float32)
+def _fill(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hue: float) -> None:
+    """Paints ``mask`` (uint8 0/255) with a saturated solid colour or a two-colour gradient around ``hue``."""
+    c0 = np.asarray(_colour(rng, (0.6, 1.0), (0.6, 1.0), hue), np.float32)
     if rng.uniform() < 0.4:
-        c1 = np.asarray(_colour(rng), np.float32)
+        c1 = np.asarray(_colour(rng, (0.6, 1.0), (0.6, 1.0), hue + rng.uniform(-15, 15)), np.float32)
         ys, xs = np.nonzero(mask)
         ang = rng.uniform(0, 2 * np.pi)
         t = np.cos(ang) * xs + np.sin(ang) * ys
@@ -112,7 +115,7 @@ def draw_example(label: int, height: int, width: int, rng: np.random.Generator) 
     kind = CLASSES[label]
     img = _background(height, width, rng)
     s = min(height, width)
-    r = rng.uniform(0.18, 0.40) * s
+    r = rng.uniform(0.25, 0.45) * s
     cx = rng.uniform(r, width - r)
     cy = rng.uniform(r, height - r)
     rot = rng.uniform(0, 2 * np.pi)
@@ -146,7 +149,9 @@ def draw_example(label: int, height: int, width: int, rng: np.random.Generator) 
         c, sn = math.cos(rot), math.sin(rot)
         pts = pts @ np.array([[c, sn], [-sn, c]]) + (cx, cy)
         cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
-    _fill(img, mask, rng)
+    # each class has a typical hue (as many ImageNet classes do), spread +-22 deg (OpenCV hue units: +-11) around
+    # centres 36 deg apart, so neighbouring classes overlap in colour and only the shape tells them apart
+    _fill(img, mask, rng, hue=18.0 * label + rng.uniform(-11, 11))
     if rng.uniform() < 0.3:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
     return img
