@@ -91,7 +91,7 @@ def cls_demo():
                            synthetic=dict(num_train=2000, num_val=500, seed=0), train_split="train",
                            eval_split="validation", num_classes=10, image_size=32, eval_resize=37, eval_crop=32,
                            rrc_scale=(0.35, 1.0), flip=True, label_smoothing=0.1, read_workers=0, read_threads=2,
-                           read_prefetch_batches=4, eval_batch_size=100),
+                           read_prefetch_batches=4, eval_batch_size=0),
     )
 
 
