@@ -247,8 +247,10 @@ def classification_fn(task, apply_fn: Callable, topk: int = 5) -> Callable:
         logits = task.forward(apply_fn, variables, batch, train=False, rngs=None)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         k = min(int(topk), probs.shape[-1])
-        top_p, top_i = jax.lax.top_k(probs, k)
-        return top_i.astype(jnp.int32), top_p
+        # a stable sort rather than lax.top_k: top_k lowers to a StableHLO composite that older serving runtimes
+        # (TF 2.21's XlaCallModule) cannot read; equal probabilities keep the lower class index first
+        top_i = jnp.argsort(-probs, axis=-1, stable=True)[:, :k]
+        return top_i.astype(jnp.int32), jnp.take_along_axis(probs, top_i, axis=-1)
     return fn
 
 
