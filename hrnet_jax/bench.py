@@ -796,10 +796,28 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_vector_flags() -> str:
+    """The CPU family / model numbers and its vector-ISA flags from /proc/cpuinfo (``fam 25 model 17: avx2
+    avx512f ...``)."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k in ("cpu family", "model", "flags") and k not in info:
+                    info[k] = v.strip()
+    except OSError:
+        return ""
+    keep = [x for x in info.get("flags", "").split() if x.startswith(("avx", "fma", "amx", "f16c"))]
+    return f"family {info.get('cpu family', '?')} model {info.get('model', '?')}: {' '.join(keep)}"
+
+
 def deploy_markdown(results: dict) -> str:
     """The ``--deploy`` table: images/s of each inference path and its ratio to timm eager and torch.compile."""
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; python {m['python']}, jax {m.get('jax', '?')}, "
+    lines = [f"Machine: {m['cpu']} [{m.get('cpu_flags', '')}], {m['cores']} cores; python {m['python']}, "
+             f"jax {m.get('jax', '?')}, "
              f"torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} threads), timm {m.get('timm', '?')}; "
              f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; dtype {results['config']['dtype']}; each path in a "
              f"fresh process; load at start {m['load_at_start']}", ""]
@@ -962,6 +980,7 @@ def main(argv=None) -> dict:
         results["cls_pipeline"] = bench_cls_pipeline(32, args.pipeline_batches)
     if args.deploy:
         results["config"]["deploy"] = True
+        results["machine"]["cpu_flags"] = _cpu_vector_flags()
         print(deploy_markdown(results))
     else:
         print(markdown(results))
