@@ -71,20 +71,20 @@ def prepare(model, variables, *, fold: bool = True) -> tuple[Callable, dict]:
     Pure ``jax.numpy``: it may run inside ``jit`` (an eval step whose variables change between passes)."""
     model = inference_model(model)
     if not (fold and _is_hrnet(model) and variables.get("batch_stats")):
-        def apply_plain(v, x, *, train: bool = False, rngs=None, **kw):
+        def apply_plain(v, *args, train: bool = False, rngs=None, **kw):
             if train:
                 raise ValueError("an inference function runs with train=False")
-            return model.apply(v, x, train=False, **({"rngs": rngs} if rngs else {}), **kw)
+            return model.apply(v, *args, train=False, **({"rngs": rngs} if rngs else {}), **kw)
         return apply_plain, {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     from hrnet_jax.models.fold import fold_batchnorm
     # scanned runs become straight-line code with their own kernels, unless the model asked for rolled loops
     # (scan_unroll != True: a faster compile matters more to it)
     folded, params = fold_batchnorm(model, variables, unstack=getattr(_bare(model), "scan_unroll", True) is True)
 
-    def apply_folded(v, x, *, train: bool = False, rngs=None, **kw):
+    def apply_folded(v, *args, train: bool = False, rngs=None, **kw):
         if train:
             raise ValueError("an inference function runs with train=False (BatchNorm is folded)")
-        return folded.apply(v["params"], x, **kw)
+        return folded.apply(v["params"], *args, **kw)
 
     return apply_folded, {"params": params}
 
