@@ -220,8 +220,9 @@ def _metadata(task, ins, outs, *, fmt, platforms, batch, topk, targets, extra=No
                     eval_mode=task.t.eval_mode, eval_flip=bool(task.t.eval_flip))
     else:
         t = task.t
-        try:
-            names = list(task.class_names())
+        try:   # a converted ImageNet checkpoint has no data source of its own ("shapes" names): indices
+            names = ([str(i) for i in range(int(t.num_classes))] if t.source == "shapes" and int(t.num_classes) > 64
+                     else list(task.class_names()))
         except Exception:   # noqa: BLE001 - a source that cannot be opened here: indices only
             names = [str(i) for i in range(int(t.num_classes))]
         meta.update(input_size=[ins[0]["shape"][1], ins[0]["shape"][2]], classes={"names": names}, topk=int(topk),
