@@ -904,7 +904,8 @@ def main(argv=None) -> dict:
     if args.report:
         for path in args.report:
             with open(path) as f:
-                print(markdown(json.load(f)) + "\n")
+                saved = json.load(f)
+            print((deploy_markdown(saved) if saved.get("config", {}).get("deploy") else markdown(saved)) + "\n")
         return {}
     threads = args.threads or os.cpu_count() or 1
     if args.threads == 1:  # XLA reads XLA_FLAGS when its backend starts (the first computation)
