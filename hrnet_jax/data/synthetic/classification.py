@@ -17,7 +17,6 @@ on first use; it writes only into an absent or empty folder or one it wrote befo
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -25,9 +24,11 @@ import shutil
 import cv2
 import numpy as np
 
+from hrnet_jax.data.synthetic.folder import (MARKER, SyntheticFolderError,  # noqa: F401 (re-exported)
+                                             open_folder, read_marker, write_marker)
+
 # ordered so that classes with neighbouring hues have very different shapes
 CLASSES = ("disc", "cross", "triangle", "ring", "square", "star", "stripes", "crescent", "arrow", "hexagon")
-MARKER = ".hrnet_jax_synthetic.json"
 _GENERATOR = "hrnet_jax.data.synthetic.classification"
 DEFAULTS = dict(num_train=2000, num_val=500, min_side=240, max_side=400, seed=0)
 
@@ -226,10 +227,6 @@ def builder_class():
     return _CLS
 
 
-class SyntheticFolderError(FileExistsError):
-    """The target folder holds files the generator did not write: nothing is changed."""
-
-
 def ensure_cls_demo(data_dir: str, quiet: bool = False, **params) -> str:
     """Prepares ``cls_demo`` into ``data_dir`` (TFDS layout ``data_dir/cls_demo/1.0.0/``) unless a complete copy of
     the same parameters is there; returns ``data_dir``. Refuses (changes nothing) a non-empty folder it did not
@@ -239,33 +236,15 @@ def ensure_cls_demo(data_dir: str, quiet: bool = False, **params) -> str:
     unknown = set(p) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown cls_demo parameter(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-    marker_path = os.path.join(data_dir, MARKER)
-    marker = None
-    if os.path.isfile(marker_path):
-        try:
-            with open(marker_path) as f:
-                marker = json.load(f)
-        except ValueError:
-            marker = None
-    if marker and marker.get("generator") == _GENERATOR:
+    marker = read_marker(data_dir, _GENERATOR) if os.path.isdir(data_dir) else None
+    if marker is not None:
         if marker.get("params") == p and marker.get("complete"):
             return data_dir
         for name in os.listdir(data_dir):  # ours, other parameters or unfinished: start again
             if name in ("cls_demo", "downloads"):
                 shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
-    elif os.path.isdir(data_dir) and os.listdir(data_dir):
-        raise SyntheticFolderError(
-            f"{data_dir} is not empty and was not written by the cls_demo generator (no {MARKER}); nothing was "
-            f"changed. Point task.data_dir at a new or empty folder, or set task.synthetic={{}} to read it as is.")
-    os.makedirs(data_dir, exist_ok=True)
-
-    def write_marker(complete):
-        tmp = marker_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(generator=_GENERATOR, params=p, complete=complete), f, indent=1)
-        os.replace(tmp, marker_path)
-
-    write_marker(False)
+    open_folder(data_dir, "cls_demo", marker)
+    write_marker(data_dir, _GENERATOR, p, complete=False)
     if not quiet:
         print(f"cls_demo: generating {p['num_train']} + {p['num_val']} synthetic JPEG images as a TFDS dataset "
               f"in {data_dir} (once)", flush=True)
@@ -277,5 +256,5 @@ def ensure_cls_demo(data_dir: str, quiet: bool = False, **params) -> str:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
     finally:
         logging.getLogger("absl").setLevel(absl_level)
-    write_marker(True)
+    write_marker(data_dir, _GENERATOR, p, complete=True)
     return data_dir

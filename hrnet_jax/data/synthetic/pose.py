@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from hrnet_jax.data.keypoints import COCO17, KeypointSpec
+from hrnet_jax.data.synthetic.folder import MARKER, SyntheticFolderError, open_folder, read_marker, write_marker
 
 # Human template for COCO-17 in units of body height, x to the person's left (image right), y down.
 _COCO_TEMPLATE = np.array([
@@ -330,14 +331,9 @@ def jittered_detections(coco: dict, seed: int = 0, category_id: int = 1, fp_per_
     return dets
 
 
-MARKER = ".hrnet_jax_synthetic.json"
 _GENERATOR = "hrnet_jax.data.synthetic.pose"
 _OWN_FILE = re.compile(r"^(spec\.json|DONE\.json|annotations/person_(keypoints_(train|val)|detections_val)\.json|"
                        r"images/(train|val)/\d{12}\.jpg)$")
-
-
-class SyntheticFolderError(FileExistsError):
-    """The target folder holds files this generator did not write: it is left untouched."""
 
 
 def _params(spec: KeypointSpec, num_train, num_val, image_size_hw, max_people, height_range, seed) -> dict:
@@ -355,20 +351,9 @@ def _paths(root: str) -> dict:
                 val_det=os.path.join(ann, "person_detections_val.json"))
 
 
-def _files(root: str) -> list[str]:
-    out = []
-    for d, _, names in os.walk(root):
-        out += [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/") for n in names]
-    return sorted(out)
-
-
 def _read_marker(root: str) -> dict | None:
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        m = None
-    if isinstance(m, dict) and m.get("generator") == _GENERATOR:
+    m = read_marker(root, _GENERATOR)
+    if m is not None:
         return m
     try:  # a folder of the earlier generator version, marked complete by DONE.json (its parameters)
         with open(os.path.join(root, "DONE.json")) as f:
@@ -381,28 +366,11 @@ def _read_marker(root: str) -> dict | None:
     return None
 
 
-def _write_marker(root: str, params: dict, complete: bool, counts: dict | None = None) -> None:
-    tmp = os.path.join(root, MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(dict(generator=_GENERATOR, params=params, complete=complete, counts=counts or {}), f, indent=1)
-    os.replace(tmp, os.path.join(root, MARKER))
-
-
 def _claim(root: str, params: dict) -> dict | None:
     """Makes ``root`` ours to write; returns the marker when it already holds this exact, complete dataset."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise SyntheticFolderError(f"{root} is a file, not a folder: point the synthetic data_root at a new or "
-                                   f"empty folder")
-    os.makedirs(root, exist_ok=True)
-    files = _files(root)
-    marker = _read_marker(root)
-    if marker is None:
-        if files:
-            raise SyntheticFolderError(
-                f"{root} is not empty and was not written by the synthetic pose generator (no {MARKER}); it only "
-                f"writes into an absent or empty folder, so nothing was changed. Point data_root at a new or empty "
-                f"folder for synthetic data, or turn synthetic off to use the dataset in {root}.")
-    else:
+    marker = _read_marker(root) if os.path.isdir(root) else None
+    files = open_folder(root, "synthetic pose", marker)
+    if marker is not None:
         foreign = [f for f in files if f not in (MARKER, MARKER + ".tmp") and not _OWN_FILE.match(f)]
         if marker.get("params") == params and marker.get("complete"):
             paths = _paths(root)
@@ -416,7 +384,7 @@ def _claim(root: str, params: dict) -> dict | None:
         for f in files:  # only our own files: regenerate from scratch
             if f != MARKER:
                 os.remove(os.path.join(root, f))
-    _write_marker(root, params, complete=False)
+    write_marker(root, _GENERATOR, params, complete=False, counts={})
     return None
 
 
@@ -447,7 +415,7 @@ def generate_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, num_
                 json.dump(jittered_detections(coco, seed, spec.category_id), f)
     with open(os.path.join(root, "spec.json"), "w") as f:
         json.dump(spec.to_dict(), f, indent=1)
-    _write_marker(root, params, complete=True, counts=counts)
+    write_marker(root, _GENERATOR, params, complete=True, counts=counts)
     out.update(counts)
     return out
 

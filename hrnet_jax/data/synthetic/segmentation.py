@@ -29,7 +29,6 @@ folder) follow :mod:`hrnet_jax.data.synthetic.pose`.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import zlib
@@ -38,7 +37,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from hrnet_jax.data.synthetic.pose import MARKER, SyntheticFolderError, _files
+from hrnet_jax.data.synthetic.folder import (MARKER, SyntheticFolderError, open_folder, read_marker,
+                                             write_marker)
 
 __all__ = ["CITYSCAPES_LABELS", "SyntheticFolderError", "MARKER", "generate_synthetic_seg_dataset",
            "ensure_synthetic_seg_dataset", "render_scene", "colorize", "cityscapes_name"]
@@ -907,37 +907,12 @@ def _expected_files(params: dict) -> list[str]:
     return out
 
 
-def _read_marker(root: str) -> dict | None:
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and m.get("generator") == _GENERATOR else None
-
-
-def _write_marker(root: str, params: dict, complete: bool, info: dict | None = None) -> None:
-    tmp = os.path.join(root, MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(dict(generator=_GENERATOR, params=params, complete=complete, info=info or {}), f, indent=1)
-    os.replace(tmp, os.path.join(root, MARKER))
-
-
 def _claim(root: str, params: dict) -> dict | None:
     """Makes ``root`` ours to write; returns the marker when it already holds this exact, complete dataset."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise SyntheticFolderError(f"{root} is a file, not a folder: point the synthetic data_root at a new or "
-                                   f"empty folder")
-    os.makedirs(root, exist_ok=True)
-    files = _files(root)
-    marker = _read_marker(root)
+    marker = read_marker(root, _GENERATOR) if os.path.isdir(root) else None
+    files = open_folder(root, "synthetic segmentation", marker)
     if marker is None:
-        if files:
-            raise SyntheticFolderError(
-                f"{root} is not empty and was not written by the synthetic segmentation generator (no {MARKER} of "
-                f"it); it only writes into an absent or empty folder, so nothing was changed. Point data_root at a "
-                f"new or empty folder for synthetic data, or turn synthetic off to use the dataset in {root}.")
-        _write_marker(root, params, complete=False)
+        write_marker(root, _GENERATOR, params, complete=False, info={})
         return None
     if marker.get("params") == params and marker.get("complete"):
         present = set(files)
@@ -949,7 +924,7 @@ def _claim(root: str, params: dict) -> dict | None:
             f"{root} holds a synthetic segmentation dataset of other parameters (or an incomplete one) and files "
             f"the generator did not write ({foreign[:3]}...); nothing was changed. Use a new or empty folder, or "
             f"remove the folder to regenerate.")
-    _write_marker(root, params, complete=False)
+    write_marker(root, _GENERATOR, params, complete=False, info={})
     for f in files:  # only our own files: regenerate from scratch
         if f != MARKER:
             os.remove(os.path.join(root, f))
@@ -1011,7 +986,7 @@ def generate_synthetic_seg_dataset(root: str, num_train: int = 300, num_val: int
                 _write_png(os.path.join(gdir, f"{stem}_gtFine_color.png"), colorize(lab)[..., ::-1])
     present = sorted((t, name) for i, (name, t, _c) in CITYSCAPES_LABELS.items() if t != 255 and seen[i])
     classes = [name for _t, name in present]
-    _write_marker(root, params, complete=True, info=dict(classes=classes))
+    write_marker(root, _GENERATOR, params, complete=True, info=dict(classes=classes))
     return dict(root=root, train=int(num_train), val=int(num_val), classes=classes)
 
 
