@@ -663,9 +663,6 @@ def bench_seg_pipeline(batch_size: int, num_batches: int, root: str | None = Non
     """Segmentation input pipeline images/s of ``seg_w48_cityscapes``'s training examples (PNG decode of
     1024x2048 Cityscapes-format sources, label mapping, random scale 0.5-2.1, pad, 512x1024 crop, flip; no
     model): in the reading process with 1 and all reader threads, then with N grain worker processes."""
-    import resource
-    import time
-
     from experiments import get_experiment
     from hrnet_jax.data.synthetic.segmentation import ensure_synthetic_seg_dataset
     from hrnet_jax.tasks.segmentation.task import SegmentationTask
@@ -678,16 +675,23 @@ def bench_seg_pipeline(batch_size: int, num_batches: int, root: str | None = Non
         cfg = get_experiment("seg_w48_cityscapes", {"task.data_root": root, "batch_size": batch_size,
                                                     "task.read_threads": threads, "task.read_workers": wk,
                                                     "task.read_prefetch_batches": 2})
-        it = iter(SegmentationTask(cfg).train_dataset(0, 1))
-        next(it)  # start-up (worker processes, first decode) not timed
-        t0 = time.perf_counter()
-        for _ in range(num_batches):
-            next(it)
-        dt = time.perf_counter() - t0
-        res[name] = {"img_per_s": round(batch_size * num_batches / dt, 2), "threads": threads, "workers": wk,
-                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-        del it
+        res[name] = {**_time_pipeline(SegmentationTask(cfg), batch_size, num_batches), "threads": threads,
+                     "workers": wk}
     return res
+
+
+def _time_pipeline(task, batch_size: int, num_batches: int) -> dict:
+    """Images/s of a task's training pipeline (first batch, with worker start-up, not timed) and peak RSS."""
+    import resource
+    import time
+    it = iter(task.train_dataset(0, 1))
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    dt = time.perf_counter() - t0
+    return {"img_per_s": round(batch_size * num_batches / dt, 2),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
 def bench_cls_pipeline(batch_size: int, num_batches: int, root: str | None = None, size: int = 224,
@@ -696,9 +700,6 @@ def bench_cls_pipeline(batch_size: int, num_batches: int, root: str | None = Non
     RandomResizedCrop(224) + flip; no model) of ``cls_w32_in1k``'s training examples on ImageNet-sized JPEGs
     (333-500 px a side, the cls_demo generator): in the reading process with 1 and all reader threads, then with
     1, 2, ..., N grain worker processes; ``draft_off`` rows decode every JPEG at full size."""
-    import resource
-    import time
-
     from experiments import get_experiment
     from hrnet_jax.data.synthetic.classification import ensure_cls_demo
     from hrnet_jax.tasks.classification.task import ClassificationTask
@@ -715,16 +716,8 @@ def bench_cls_pipeline(batch_size: int, num_batches: int, root: str | None = Non
                                               "task.image_size": size, "task.read_threads": threads,
                                               "task.read_workers": wk, "task.read_prefetch_batches": 2,
                                               "task.decode_draft": draft})
-        it = iter(ClassificationTask(cfg).train_dataset(0, 1))
-        next(it)  # start-up (worker processes, first decode) not timed
-        t0 = time.perf_counter()
-        for _ in range(num_batches):
-            next(it)
-        dt = time.perf_counter() - t0
-        res[name] = {"img_per_s": round(batch_size * num_batches / dt, 2), "threads": threads, "workers": wk,
-                     "draft": draft, "load": _loadavg(),
-                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-        del it
+        res[name] = {**_time_pipeline(ClassificationTask(cfg), batch_size, num_batches), "threads": threads,
+                     "workers": wk, "draft": draft, "load": _loadavg()}
     return res
 
 
