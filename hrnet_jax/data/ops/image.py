@@ -54,15 +54,20 @@ def decode_image_rgb(data: bytes | np.ndarray, path: str = "<bytes>") -> np.ndar
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_file_bytes(path: str, error=ImageReadError, kind: str = "image") -> np.ndarray:
+    """A file's bytes as uint8; ``error(f"missing_{kind}" | f"corrupt_{kind}", path, detail)`` when it is absent or
+    unreadable (``error`` a :class:`~hrnet_jax.data.pipeline.SkipExample` class: the record is skipped and counted)."""
+    if not os.path.isfile(path):
+        raise error(f"missing_{kind}", path)
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise error(f"corrupt_{kind}", path, str(e)) from e
+
+
 def read_image_rgb(path: str) -> np.ndarray:
     """Reads and decodes an image file to (H, W, 3) uint8 RGB; :class:`ImageReadError` on failure."""
-    if not os.path.isfile(path):
-        raise ImageReadError("missing_image", path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError("corrupt_image", path, str(e)) from e
-    return decode_image_rgb(data, path)
+    return decode_image_rgb(read_file_bytes(path), path)
 
 
 def normalize_image(img: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from hrnet_jax.data.classes import CITYSCAPES, ClassSpec, get_class_spec
-from hrnet_jax.data.ops.image import read_image_rgb
+from hrnet_jax.data.ops.image import read_file_bytes, read_image_rgb
 from hrnet_jax.data.pipeline import SkipExample
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,7 @@ def _decode_palette_png(buf: np.ndarray, path: str) -> np.ndarray:
 
 def read_label(path: str) -> np.ndarray:
     """Reads a label file to (H, W) raw values; :class:`LabelReadError` ``missing_label`` / ``corrupt_label``."""
-    if not os.path.isfile(path):
-        raise LabelReadError("missing_label", path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise LabelReadError("corrupt_label", path, str(e)) from e
-    return decode_label(data, path)
+    return decode_label(read_file_bytes(path, LabelReadError, "label"), path)
 
 
 def _check_sizes(image: np.ndarray, label: np.ndarray, label_desc: str) -> None:
