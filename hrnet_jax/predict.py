@@ -1,4 +1,10 @@
-"""Pose prediction on images and videos with a trained or converted checkpoint.
+"""Prediction with a trained or converted checkpoint: pose (below), segmentation and classification.
+
+The checkpoint's task decides: a segmentation checkpoint (workdir of the segmentation task, or a converted
+``seg_hrnet_*``) writes label maps, Cityscapes label-id PNGs and overlays per image
+(:mod:`hrnet_jax.tasks.segmentation.predict`; ``--classes`` for a converted one); a classification checkpoint
+prints the top-k classes with names (:mod:`hrnet_jax.tasks.classification.predict`, ``--topk``). ``--evaluate
+EXPERIMENT`` evaluates any task's checkpoint on the experiment's validation data. The rest of this page is pose.
 
     python -m hrnet_jax.predict --checkpoint WORKDIR_OR_CKPT --images PATH_OR_GLOB [--video FILE]
                                 [--boxes boxes.json] --out DIR
