@@ -1,5 +1,4 @@
 """Config, typed overrides, the experiment registry (incl. a family module added from outside)."""
-import sys
 import textwrap
 
 import pytest

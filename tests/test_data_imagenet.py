@@ -11,7 +11,7 @@ import pytest
 
 from hrnet_jax.data import pipeline
 from hrnet_jax.data.sources.imagenet import FolderSource, TfdsSource
-from hrnet_jax.data.synthetic.classification import CLASSES, builder_class, ensure_cls_demo
+from hrnet_jax.data.synthetic.classification import CLASSES, ensure_cls_demo
 
 SMALL = dict(num_train=40, num_val=12, min_side=48, max_side=96, seed=3)
 

@@ -22,7 +22,6 @@ Device side:
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable, Mapping
 
