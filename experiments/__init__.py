@@ -26,7 +26,7 @@ __all__ = ["FAMILIES", "get_experiment", "list_experiments", "build_task", "defa
            "UnknownExperimentError"]
 
 FAMILIES = ("experiments.classification", "experiments.pose", "experiments.segmentation",
-            "experiments.detection")
+            "experiments.detection", "experiments.bottomup")
 
 
 class UnknownExperimentError(KeyError):

@@ -14,6 +14,8 @@ TASKS = {
     "pose": "hrnet_jax.tasks.pose.task:PoseTask",
     "classification": "hrnet_jax.tasks.classification.task:ClassificationTask",
     "segmentation": "hrnet_jax.tasks.segmentation.task:SegmentationTask",
+    "detection": "hrnet_jax.tasks.detection.task:DetectionTask",
+    "bottomup": "hrnet_jax.tasks.bottomup.task:BottomUpTask",
 }
 
 
