@@ -12,7 +12,7 @@
 It writes only into an absent or empty folder (or one it wrote before, see ``MARKER``): an existing user dataset
 is never overwritten.
 
-Each image has 1..``max_people`` figures. A figure is a template pose (a human template for COCO-17; for any other
+Each image has ``min_people`` (1)..``max_people`` figures. A figure is a template pose (a human template for COCO-17; for any other
 spec, a left/right-symmetric random layout derived from the keypoint names, with flip pairs mirrored) that is
 articulated along a kinematic tree (rotations of each limb relative to its parent), scaled, rotated and placed —
 sometimes across the image border (truncation: joints outside the image are unlabelled, v = 0, x = y = 0).
@@ -219,11 +219,11 @@ class _Renderer:
                         cv2.fillPoly(canvas, [tri.reshape(-1, 1, 2).astype(np.int32)], c)
 
 
-def _make_image(rng, spec, model, renderer, h, w, max_people, height_range):
+def _make_image(rng, spec, model, renderer, h, w, max_people, height_range, min_people=1):
     tmpl, parents, ranges = model
     img = _background(rng, h, w)
     owner = np.full((h, w), -1, np.int32)
-    n = int(rng.integers(1, max_people + 1))
+    n = int(rng.integers(min_people, max_people + 1))
     people = []
     for i in range(n):
         height = rng.uniform(*height_range) * h
@@ -286,7 +286,7 @@ def _make_image(rng, spec, model, renderer, h, w, max_people, height_range):
 
 def generate_split(root: str, split: str, num_images: int, spec: KeypointSpec, image_size_hw=(256, 256),
                    max_people: int = 3, height_range=(0.3, 0.9), seed: int = 0, first_id: int = 1,
-                   jpeg_quality: int = 92) -> dict:
+                   jpeg_quality: int = 92, min_people: int = 1) -> dict:
     h, w = int(image_size_hw[0]), int(image_size_hw[1])
     img_dir = os.path.join(root, "images", split)
     os.makedirs(img_dir, exist_ok=True)
@@ -296,7 +296,7 @@ def generate_split(root: str, split: str, num_images: int, spec: KeypointSpec, i
     ann_id = first_id * 10
     for n in range(num_images):
         rng = np.random.default_rng([seed, zlib.crc32(split.encode()), n])
-        img, anns = _make_image(rng, spec, model, renderer, h, w, max_people, height_range)
+        img, anns = _make_image(rng, spec, model, renderer, h, w, max_people, height_range, min_people)
         image_id = first_id + n
         fname = f"{image_id:012d}.jpg"
         cv2.imwrite(os.path.join(img_dir, fname), img, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
@@ -336,10 +336,13 @@ _OWN_FILE = re.compile(r"^(spec\.json|DONE\.json|annotations/person_(keypoints_(
                        r"images/(train|val)/\d{12}\.jpg)$")
 
 
-def _params(spec: KeypointSpec, num_train, num_val, image_size_hw, max_people, height_range, seed) -> dict:
+def _params(spec: KeypointSpec, num_train, num_val, image_size_hw, max_people, height_range, seed,
+            min_people=1) -> dict:
     p = dict(spec=spec.to_dict(), num_train=int(num_train), num_val=int(num_val),
              image_size_hw=[int(v) for v in image_size_hw], max_people=int(max_people),
              height_range=[float(v) for v in height_range], seed=int(seed))
+    if int(min_people) != 1:   # only when set, so folders written before the field existed still match
+        p["min_people"] = int(min_people)
     return json.loads(json.dumps(p))
 
 
@@ -390,14 +393,17 @@ def _claim(root: str, params: dict) -> dict | None:
 
 def generate_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, num_train: int = 500, num_val: int = 100,
                                     image_size_hw: Sequence[int] = (256, 256), max_people: int = 3,
-                                    height_range: Sequence[float] = (0.3, 0.9), seed: int = 0) -> dict:
+                                    height_range: Sequence[float] = (0.3, 0.9), seed: int = 0,
+                                    min_people: int = 1) -> dict:
     """Writes the dataset (see module docstring) into ``root`` and returns the paths and counts.
 
     ``root`` must be absent, empty, or a folder this generator wrote (marked by :data:`MARKER`, which holds the
     generation parameters); a complete folder of the same parameters is reused as it is. Any other folder is
     refused with :class:`SyntheticFolderError` and left untouched.
     """
-    params = _params(spec, num_train, num_val, image_size_hw, max_people, height_range, seed)
+    if not 1 <= int(min_people) <= int(max_people):
+        raise ValueError(f"need 1 <= min_people <= max_people, got {min_people} and {max_people}")
+    params = _params(spec, num_train, num_val, image_size_hw, max_people, height_range, seed, min_people)
     marker = _claim(root, params)
     out = _paths(root)
     if marker is not None:
@@ -406,7 +412,8 @@ def generate_synthetic_pose_dataset(root: str, spec: KeypointSpec = COCO17, num_
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     counts = {}
     for split, n, first in (("train", num_train, 1), ("val", num_val, 500000)):
-        coco = generate_split(root, split, n, spec, image_size_hw, max_people, tuple(height_range), seed, first)
+        coco = generate_split(root, split, n, spec, image_size_hw, max_people, tuple(height_range), seed, first,
+                              min_people=min_people)
         with open(out[f"{split}_ann"], "w") as f:
             json.dump(coco, f)
         counts[f"num_{split}_instances"] = len(coco["annotations"])
