@@ -50,7 +50,7 @@ import glob
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import jax
@@ -128,47 +128,57 @@ def checkpoint_task(path: str) -> str:
     return "pose"
 
 
-def load_segmentation(path: str, step: int | None = None, classes: Any = None, overrides: Sequence[str] = ()):
-    """``(SegmentationTask, variables)`` of a segmentation workdir or converted ``seg_hrnet_*`` checkpoint (class
-    spec: the workdir's, else ``classes`` or Cityscapes); ``overrides`` are ``task.<field>=value`` strings
-    (e.g. ``task.eval_mode=multiscale``)."""
-    from hrnet_jax.tasks.segmentation.task import SegmentationTask
-    from hrnet_jax.training.config import Config
-    variables, info = load_variables_at(path, step)
-    if "config" in info:
-        cfg = info["config"]
-        task_cfg = dict(cfg["task"], synthetic={})
-        if classes is not None:
-            task_cfg["classes"] = classes
-        model_cfg = cfg["model"]
-    else:
-        meta = dict(info["meta"])
-        model_cfg = {"name": meta.get("model", "seg_hrnet_w48"), "dtype": "float32",
-                     **{k: v for k, v in (meta.get("overrides") or {}).items() if k != "num_outputs"}}
-        task_cfg = {"name": "segmentation", "classes": classes or "cityscapes"}
-    conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
-    task = SegmentationTask(conf)
-    return task, _layout_like_model(task.build_model(), variables, (64, 64))
-
-
-def load_classification(path: str, step: int | None = None, overrides: Sequence[str] = ()):
-    """``(ClassificationTask, variables)`` of a classification workdir or a converted ``hrnet_w*`` checkpoint
-    (ImageNet-1k classes)."""
-    from hrnet_jax.tasks.classification.task import ClassificationTask
+def load_task(path: str, step: int | None = None, overrides: Sequence[str] = (), *,
+              from_meta: Callable[[dict], tuple[dict, dict]] | None = None,
+              workdir_task: Callable[[dict], dict] | None = None):
+    """``(task, variables)`` of any task's checkpoint: a training workdir (its ``config.json`` gives the model and
+    task groups; ``workdir_task`` may adjust the task group) or a converted checkpoint (``from_meta(meta)`` →
+    ``(model group, task group)``). ``overrides`` are ``task.<field>=value`` / ``model.<field>=value`` strings;
+    variables are laid out like the built model (scanned or not)."""
+    from hrnet_jax.tasks import task_class
     from hrnet_jax.training.config import Config
     variables, info = load_variables_at(path, step)
     if "config" in info:
         cfg = info["config"]
         model_cfg, task_cfg = cfg["model"], dict(cfg["task"])
+        if workdir_task is not None:
+            task_cfg = workdir_task(task_cfg)
     else:
-        meta = dict(info["meta"])
-        overrides_m = dict(meta.get("overrides") or {})
-        num = int(overrides_m.pop("num_outputs", 1000))
-        model_cfg = {"name": meta.get("model", "hrnet_w32"), "dtype": "float32", **overrides_m}
-        task_cfg = {"name": "classification", "num_classes": num}
+        if from_meta is None:
+            raise ValueError(f"{path} is a converted checkpoint; this task has no converted-checkpoint loader")
+        model_cfg, task_cfg = from_meta(dict(info["meta"]))
     conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
-    task = ClassificationTask(conf)
+    task = task_class(conf["task"]["name"])(conf)
     return task, _layout_like_model(task.build_model(), variables, (64, 64))
+
+
+def _converted_model(meta: dict, default: str) -> tuple[dict, dict]:
+    """The ``model`` group of a converted checkpoint's meta, and its ``num_outputs`` override (or None)."""
+    overrides = dict(meta.get("overrides") or {})
+    num = overrides.pop("num_outputs", None)
+    return {"name": meta.get("model", default), "dtype": "float32", **overrides}, num
+
+
+def load_segmentation(path: str, step: int | None = None, classes: Any = None, overrides: Sequence[str] = ()):
+    """``(SegmentationTask, variables)`` of a segmentation workdir or converted ``seg_hrnet_*`` checkpoint (class
+    spec: the workdir's, else ``classes`` or Cityscapes); ``overrides`` are ``task.<field>=value`` strings
+    (e.g. ``task.eval_mode=multiscale``)."""
+    def workdir_task(t):
+        return dict(t, synthetic={}, **({"classes": classes} if classes is not None else {}))
+
+    def from_meta(meta):
+        return _converted_model(meta, "seg_hrnet_w48")[0], {"name": "segmentation",
+                                                             "classes": classes or "cityscapes"}
+    return load_task(path, step, overrides, from_meta=from_meta, workdir_task=workdir_task)
+
+
+def load_classification(path: str, step: int | None = None, overrides: Sequence[str] = ()):
+    """``(ClassificationTask, variables)`` of a classification workdir or a converted ``hrnet_w*`` checkpoint
+    (ImageNet-1k classes)."""
+    def from_meta(meta):
+        model_cfg, num = _converted_model(meta, "hrnet_w32")
+        return model_cfg, {"name": "classification", "num_classes": int(num or 1000)}
+    return load_task(path, step, overrides, from_meta=from_meta)
 
 
 def load_checkpoint(path: str, step: int | None = None, input_size: Sequence[int] | None = None,
