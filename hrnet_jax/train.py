@@ -171,7 +171,8 @@ def _train(cfg, workdir, mesh, data_sh, repl, task, say, is_main, quiet) -> Trai
     else:
         state = jax.jit(init_fn, out_shardings=state_sh)()
         if cfg.init_from:
-            state = _init_from(state, state_sh, cfg.init_from, cfg.init_from_mode, say)
+            state = _init_from(state, state_sh, cfg.init_from, cfg.init_from_mode, say,
+                               prefix=cfg.get("init_from_prefix", ""))
     if is_main:  # the run is accepted: its config joins the workdir's history
         store.record(cfg.to_dict(), latest or 0)
     guard = divergence_guard(cfg)
@@ -312,8 +313,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _init_from(state, state_sh, path: str, mode: str, say):
+def _init_from(state, state_sh, path: str, mode: str, say, prefix: str = ""):
     loaded = ckpt_lib.load_variables(path)
+    for part in reversed([p for p in prefix.split("/") if p]):  # "backbone" → {"params": {"backbone": ...}}
+        loaded = {k: {part: v} for k, v in loaded.items()}
     fresh = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     for k in fresh:  # scanned <-> unrolled layouts (e.g. weights converted for scan=False)
         try:

@@ -214,6 +214,16 @@ def test_init_from_full_and_matching(tmp_path, capsys):
     assert "fresh: params/head/kernel" in err and "fresh: batch_stats/bn0/mean" in err
     np.testing.assert_allclose(params["conv0"]["kernel"], jax.device_get(r.state.params["conv0"]["kernel"]),
                                rtol=1e-6)
+    # a checkpoint of one submodule (a classification backbone for a detector's params/backbone) goes under
+    # init_from_prefix: its variables land there and nowhere else
+    save_variables(str(tmp_path / "sub"), {"params": params["conv0"]})
+    r = train(get_experiment("cls_synthetic", {**small, "seed": 2, "init_from": str(tmp_path / "sub"),
+                                               "init_from_mode": "matching", "init_from_prefix": "conv0"}),
+              str(tmp_path / "d"))
+    assert "1 variables loaded" in capsys.readouterr().err
+    np.testing.assert_allclose(params["conv0"]["kernel"], jax.device_get(r.state.params["conv0"]["kernel"]),
+                               rtol=1e-6)
+    assert not np.allclose(params["head"]["kernel"], jax.device_get(r.state.params["head"]["kernel"]))
 
 
 def test_data_counters_count_consumed_batches_and_survive_a_resume(tmp_path):

@@ -27,6 +27,9 @@ def default_config(**updates: Any) -> Config:
         best_mode="max",  # or "min"
         init_from="",  # Orbax checkpoint of {params, batch_stats} used when the workdir has no checkpoint
         init_from_mode="full",  # "full": every variable must match; "matching": take matching keys only
+        # where the checkpoint's variables sit in the model's tree: "" = at its root; "backbone" = under
+        # params/backbone (a detector whose HRNet is a submodule, initialised from a classification checkpoint)
+        init_from_prefix="",
         throttle_s=0.0,
         # a resume whose config differs from the stored one: "refuse" any change but cadence / paths,
         # "schedule" also accepts total_steps / batch_size / optimizer / seed changes (each stated with the lr

@@ -294,7 +294,8 @@ BREAKING, SCHEDULE, HARMLESS = "breaking", "schedule", "harmless"
 IGNORED_KEYS = ("resume_changes",)
 #: keys (exact, or a prefix ending in ".") whose change does not affect the resumed run's result
 HARMLESS_KEYS = ("log_every", "eval_every", "eval_steps", "evals.", "checkpoint_every", "keep_checkpoints",
-                 "best_metric", "best_mode", "throttle_s", "init_from", "init_from_mode", "sharding.", "guards.",
+                 "best_metric", "best_mode", "throttle_s", "init_from", "init_from_mode", "init_from_prefix",
+                 "sharding.", "guards.",
                  "data.device_prefetch", "workdir")
 #: keys that change the optimisation from the resume step on (accepted with resume_changes=schedule)
 SCHEDULE_KEYS = ("total_steps", "batch_size", "optimizer.", "seed")
