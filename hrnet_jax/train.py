@@ -6,6 +6,7 @@ Flags:
   --config.<dotted.key>=V    override any config field (type-checked; repeatable)
   --init_from=PATH           Orbax checkpoint of {params, batch_stats} for a fresh run (= --config.init_from)
   --init_from_mode=full|matching   all variables must match / take the matching ones (backbone only)
+                             (--config.init_from_prefix=backbone: under that subtree, e.g. a detector's HRNet)
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I   multi-process without a cluster env
 
 From Python / a notebook::
