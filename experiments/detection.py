@@ -81,24 +81,29 @@ def det_faster_w40_1x():
     return _coco("faster_rcnn_hrnetv2p_w40")
 
 
-DEMO_STEPS = 600
-DEMO_SIZE = 256
+DEMO_STEPS = 900
+DEMO_SIZE = 192
+#: the demo detector: a 64-channel HRFPN, anchors of 4 x stride (16-256 px for objects of 18-96 px), 300
+#: proposals per level / 300 in all (train and test), 128 sampled RoIs, a 256-wide box head
+DEMO_MODEL = dict(neck_channels=64, anchor_scales=(4.0,), rpn_pre_nms_top_n=300, rpn_post_nms_top_n=300,
+                  rpn_max_proposals=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=300,
+                  rpn_max_proposals_test=300, num_rois=128, fc_channels=256)
 
 
 def det_demo():
-    """Synthetic shapes (six categories, 256x256, clutter, overlap, truncation) with a narrow HRNetV2p (``DEMO_ARCH``,
-    a 64-channel neck) + Faster R-CNN with fewer proposals and RoIs; Adam + cosine; COCOeval bbox at the end."""
+    """Synthetic shapes (six categories, 192x192, clutter, overlap, truncation) with a narrow HRNetV2p (``DEMO_ARCH``)
+    + Faster R-CNN (``DEMO_MODEL``); Adam + cosine; COCOeval bbox on the 100 val images at the end."""
     total = DEMO_STEPS
     return default_config(
         total_steps=total, batch_size=8, seed=0, log_every=25, checkpoint_every=total, keep_checkpoints=1,
         evals=dict(val=dict(every=total, steps=0)), best_metric="val/AP",
-        model=dict(name="faster_rcnn_hrnetv2p_w18", dtype="float32", arch=DEMO_ARCH, neck_channels=64,
-                   rpn_pre_nms_top_n=300, rpn_post_nms_top_n=300, rpn_max_proposals=300, num_rois=128),
-        optimizer=dict(name="adam", lr=1e-3, weight_decay=0.0, schedule="cosine", warmup_steps=50, end_lr=1e-5,
+        model=dict(name="faster_rcnn_hrnetv2p_w18", dtype="float32", arch=DEMO_ARCH, **DEMO_MODEL),
+        optimizer=dict(name="adam", lr=2e-3, weight_decay=0.0, schedule="cosine", warmup_steps=50, end_lr=1e-5,
                        grad_clip_norm=35.0),
         task=task_defaults(
             data_root="data/det_demo",
-            synthetic=dict(num_train=600, num_val=100, image_size_hw=(DEMO_SIZE, DEMO_SIZE), seed=0),
+            synthetic=dict(num_train=800, num_val=100, image_size_hw=(DEMO_SIZE, DEMO_SIZE), seed=0,
+                           min_size=18.0, max_size=96.0),
             img_scale=(DEMO_SIZE, DEMO_SIZE), buckets=((DEMO_SIZE, DEMO_SIZE),), max_boxes=16, flip_prob=0.5,
             eval_batch_size=20, read_threads=2, read_prefetch_batches=2,
         ),

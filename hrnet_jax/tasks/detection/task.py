@@ -23,6 +23,7 @@ Device side:
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -37,6 +38,20 @@ from hrnet_jax.tasks.detection import pipeline as P
 from hrnet_jax.tasks.detection.evaluate import DetectionEvaluator, load_coco
 from hrnet_jax.training.config import Config, ConfigError
 
+#: the 80 COCO detection categories (id, name), ids 1-90 with gaps (instances_val2017.json)
+COCO_CATEGORIES = tuple(enumerate((
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", None, "backpack", "umbrella", None, None, "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
+    "surfboard", "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana",
+    "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", None, "dining table", None, None, "toilet", None, "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", None, "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush"), start=1))
+COCO_CATEGORIES = tuple((i, n) for i, n in COCO_CATEGORIES if n is not None)
+assert len(COCO_CATEGORIES) == 80
+
 #: the recipe's buckets for ``img_scale`` (1333, 800): 4:3 landscape / portrait (640x480 → 1067x800) and the
 #: widest / tallest images (long side up to 1333)
 COCO_BUCKETS = ((800, 1088), (1088, 800), (800, 1344), (1344, 800))
@@ -50,6 +65,9 @@ DEFAULTS = dict(
     val_ann="annotations/instances_val2017.json",
     val_images="val2017",
     categories=(),                   # () = every category of the file (sorted by id); else the ids to train on
+    # the class list without reading the data (prediction, converted checkpoints): "" = from the annotation
+    # file; "coco" = the 80 COCO categories; a JSON file of [{"id", "name"}, ...] (relative: data_root)
+    classes="",
     # generate the synthetic COCO-format dataset into data_root (hrnet_jax.data.synthetic.detection):
     # {} = off, else generator kwargs {"num_train": 600, ...}
     synthetic={},
@@ -137,10 +155,34 @@ class DetectionTask(Task):
                     f"missing {ann}. Expected under task.data_root={t.data_root!r} (COCO layout): {t.train_ann}, "
                     f"{t.val_ann}, {t.train_images}/, {t.val_images}/. Set --config.task.data_root=/path/to/coco "
                     f"(or task.train_ann / task.val_ann / task.*_images for a custom COCO-format dataset).")
-            cats = [int(c) for c in t.categories] or None
+            declared = self._declared_classes()
+            cats = [i for i, _ in declared] if declared else ([int(c) for c in t.categories] or None)
             self._sources[split] = CocoInstancesSource(ann, p[f"{split}_images"], categories=cats,
                                                        drop_empty=bool(t.drop_empty_train) and split == "train")
         return self._sources[split]
+
+    def _declared_classes(self) -> list[tuple[int, str]] | None:
+        """``task.classes`` as [(category id, name)], or None (the annotation file decides)."""
+        c = self.t.classes
+        if not c:
+            return None
+        if isinstance(c, str) and c.lower() == "coco":
+            cats = list(COCO_CATEGORIES)
+        else:
+            path = c if os.path.isabs(c) or os.path.exists(c) or not self.t.data_root else \
+                os.path.join(self.t.data_root, c)
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                data = data.get("categories", data) if isinstance(data, dict) else data
+                cats = [(int(d["id"]), str(d["name"])) for d in data]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"task.classes: {c!r} is not 'coco' nor a JSON list of {{id, name}} ({e})") from None
+        wanted = [int(i) for i in self.t.categories]
+        if wanted:
+            names = dict(cats)
+            cats = [(i, names.get(i, str(i))) for i in wanted]
+        return cats
 
     def _any_source(self) -> CocoInstancesSource:
         src = self._sources.get("val") or self._sources.get("train")
@@ -149,16 +191,18 @@ class DetectionTask(Task):
         return src
 
     @property
-    def num_classes(self) -> int:
-        return self._any_source().num_classes
+    def cat_ids(self) -> list[int]:
+        declared = self._declared_classes()
+        return [i for i, _ in declared] if declared else list(self._any_source().cat_ids)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._any_source().class_names)
+        declared = self._declared_classes()
+        return [n for _, n in declared] if declared else list(self._any_source().class_names)
 
     @property
-    def cat_ids(self) -> list[int]:
-        return list(self._any_source().cat_ids)
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
 
     def data_stats(self) -> dict[str, float]:
         return {f"{split}/{k}": float(v) for split, src in sorted(self._sources.items()) for k, v in
@@ -251,6 +295,6 @@ class DetectionTask(Task):
     def evaluator(self, name: str = "val") -> DetectionEvaluator:
         src = self.source("val")
         img_ids = None if self.t.eval_seen_images_only else [int(src[i]["image_id"]) for i in range(len(src))]
-        return DetectionEvaluator(self.coco_gt(), src.cat_ids, self.t.results_path or None,
+        return DetectionEvaluator(self.coco_gt(), self.cat_ids, self.t.results_path or None,
                                   box_offset=self.box_offset, img_ids=img_ids,
                                   seen_images_only=bool(self.t.eval_seen_images_only))
