@@ -177,3 +177,25 @@ def test_short_training_run_through_the_generic_loop(trained):
     assert losses and all(np.isfinite(losses))
     assert any(all(k in r for k in ("heatmap_loss_0", "heatmap_loss_1", "push_loss", "pull_loss"))
                for r in result.history)
+
+
+def test_predict_images_writes_results_and_drawings(trained, tmp_path):
+    """predict on the run's own validation images: the COCO results JSON has the spec's K keypoints per person,
+    ids, and a drawing per image; an unreadable file is skipped."""
+    import glob
+    import os
+    from hrnet_jax.tasks.bottomup.predict import BottomUpPredictor, load_bottomup, predict_images
+    result, workdir = trained
+    task, variables = load_bottomup(workdir)
+    assert task.name == "bottomup" and task.input_size == 64
+    root = os.path.join(task.t.data_root, "images", "val")     # the synthetic layout
+    paths = sorted(glob.glob(os.path.join(root, "*.jpg")))[:2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = tmp_path / "out"
+    out.mkdir()
+    res = predict_images(BottomUpPredictor(task, variables), paths + [str(bad)], str(out))
+    with open(out / "keypoints.json") as f:
+        assert json.load(f) == json.loads(json.dumps(res))
+    assert all(len(r["keypoints"]) == 3 * 17 and "person_id" in r for r in res)
+    assert sorted(os.listdir(out)) == sorted(["keypoints.json"] + [os.path.basename(p) for p in paths])
