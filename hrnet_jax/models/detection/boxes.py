@@ -31,8 +31,8 @@ def pairwise_iou(a, b, offset: float = 0.0):
 
 def clip_boxes(boxes, hw, offset: float = 0.0):
     """Clips (..., 4) boxes to an image of valid size ``hw`` (..., 2) (h, w) broadcastable to the boxes' batch."""
-    h = jnp.asarray(hw[..., 0], boxes.dtype)[..., None] - offset
-    w = jnp.asarray(hw[..., 1], boxes.dtype)[..., None] - offset
+    h = jnp.asarray(hw[..., 0], boxes.dtype) - offset
+    w = jnp.asarray(hw[..., 1], boxes.dtype) - offset
     x1 = jnp.clip(boxes[..., 0], 0.0, w)
     y1 = jnp.clip(boxes[..., 1], 0.0, h)
     x2 = jnp.clip(boxes[..., 2], 0.0, w)
