@@ -11,8 +11,9 @@ Images are padded into the static buckets ``COCO_BUCKETS`` (800x1088, 1088x800, 
 compiled train and eval step per bucket; every batch holds images of one bucket.
 
 The backbone starts from ImageNet weights: ``--init_from=ckpt/hrnetv2_w32 --init_from_mode=matching`` with a
-checkpoint converted by ``python -m hrnet_jax.convert`` (``hrnetv2_w32_imagenet_pretrained.pth``); matching
-loads the backbone's variables and leaves the neck and heads fresh (the run prints how many of each).
+checkpoint converted by ``python -m hrnet_jax.convert`` (``hrnetv2_w32_imagenet_pretrained.pth``); the configs
+set ``init_from_prefix="backbone"`` (the checkpoint's variables go under the detector's ``backbone`` subtree) and
+matching loads them, leaving the neck and heads fresh (the run prints how many of each).
 
 Data location: ``task.data_root`` (default ``data/coco``) in COCO's layout::
 
@@ -49,6 +50,7 @@ def _coco(model: str, epochs: int = 12, drops=(8, 11)):
         total_steps=total, batch_size=BATCH, seed=0, log_every=50,
         evals=dict(val=dict(every=total, steps=0)),
         checkpoint_every=STEPS_PER_EPOCH, keep_checkpoints=3, best_metric="val/AP",
+        init_from_mode="matching", init_from_prefix="backbone",
         model=dict(name=model, dtype="float32", arch={}),
         optimizer=dict(name="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=1e-4,
                        weight_decay_style="l2", decay_bn_bias=True, schedule="step",

@@ -110,6 +110,7 @@ def predict_images(task, variables, paths: Sequence[str], out_dir: str, score_th
     """Predicts every readable image of ``paths`` into ``out_dir`` (module docstring); an unreadable one is
     skipped with its reason. Returns the COCO results written to ``detections.json``."""
     pred = DetectionPredictor(task, variables)
+    os.makedirs(out_dir, exist_ok=True)
     results, skipped = [], 0
     for i, path in enumerate(paths):
         try:
