@@ -8,6 +8,9 @@ layers carry the reference checkpoints' names at the root of the variable tree.
   1x1 conv-BN-ReLU and a 1x1 conv to the classes.
 * :func:`hrfpn_neck` (HRNetV2p): the V2 concatenation reduced to 256 channels and average-pooled into a
   5-level feature pyramid (strides 4-64), each level through a 3x3 conv.
+* :func:`higher_head` (HigherHRNet, bottom-up): K heatmaps + K associative-embedding tags at 1/4 from the
+  highest-resolution stream; that stream concatenated with them, a 4x4 stride-2 transposed conv + BN + ReLU and
+  4 BasicBlocks at 1/2, then K heatmaps at 1/2 (hrnet-reference.md section 4.6).
 * The OCR head is in :mod:`hrnet_jax.models.ocr`.
 """
 from __future__ import annotations
@@ -15,8 +18,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import flax.linen as nn
 
-from hrnet_jax.models.blocks import Bottleneck
-from hrnet_jax.models.layers import TORCH_LINEAR, BatchNorm, conv, resize_bilinear
+from hrnet_jax.models.blocks import BasicBlock, Bottleneck
+from hrnet_jax.models.layers import TORCH_LINEAR, BatchNorm, ConvTranspose, conv, resize_bilinear
 from hrnet_jax.models.stage import ModuleOptions
 
 HEAD_CHANNELS = (32, 64, 128, 256)
@@ -56,6 +59,27 @@ def classification_head(xs, opts: ModuleOptions, train: bool, num_classes: int, 
 def pose_head(xs, opts: ModuleOptions, train: bool, num_joints: int):
     del train
     return _conv(opts, num_joints, 1, 1, True, "final_layer")(xs[0]).astype(jnp.float32)
+
+
+HIGHER_NUM_BASIC_BLOCKS = 4  # MODEL.EXTRA.DECONV.NUM_BASIC_BLOCKS of every published HigherHRNet yaml
+
+
+def higher_head(xs, opts: ModuleOptions, train: bool, num_joints: int):
+    """HigherHRNet head (one deconv, CAT_OUTPUT, TAG_PER_JOINT, AE at 1/4 only; deconv width = stream-0 width).
+
+    Returns ``(out_quarter (B, H/4, W/4, 2K): K heatmaps then K tags, out_half (B, H/2, W/2, K))``."""
+    x = xs[0]
+    c = x.shape[-1]
+    y = _conv(opts, 2 * num_joints, 1, 1, True, "final_layers.0")(x)
+    x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+    x = ConvTranspose(c, 4, 2, 1, dtype=opts.dtype, param_dtype=opts.param_dtype, kernel_init=opts.kernel_init,
+                      name="deconv_layers.0.0.0")(x)
+    x = nn.relu(_bn(opts, train, "deconv_layers.0.0.1")(x))
+    for i in range(1, HIGHER_NUM_BASIC_BLOCKS + 1):
+        x = BasicBlock(planes=c, train=train, bn_momentum=opts.bn_momentum, dtype=opts.dtype,
+                       param_dtype=opts.param_dtype, kernel_init=opts.kernel_init, name=f"deconv_layers.0.{i}.0")(x)
+    y1 = _conv(opts, num_joints, 1, 1, True, "final_layers.1")(x)
+    return y.astype(jnp.float32), y1.astype(jnp.float32)
 
 
 def concat_streams(xs, align_corners: bool):

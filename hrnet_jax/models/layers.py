@@ -38,6 +38,36 @@ def conv(features: int, kernel: int = 3, stride: int = 1, *, bias: bool = False,
                 bias_init=nn.initializers.zeros, name=name)
 
 
+class ConvTranspose(nn.Module):
+    """``torch.nn.ConvTranspose2d(in, features, kernel, stride, padding, output_padding=0, bias=False)`` on NHWC.
+
+    The kernel is stored as ``(kh, kw, in, out)`` = the PyTorch weight ``(in, out, kh, kw)`` permuted with
+    ``(2, 3, 0, 1)`` (no flip; :mod:`hrnet_jax.models.params` maps it). The transposed conv is computed as its
+    definition, the gradient of a conv: the input dilated by ``stride``, padded by ``kernel - 1 - padding`` per
+    side and convolved with the spatially flipped kernel. For k=4, s=2, p=1 (HigherHRNet) the output is exactly
+    twice the input size. The last kernel axis is the output channel, so BatchNorm folding scales it as a conv's.
+    """
+
+    features: int
+    kernel: int = 4
+    stride: int = 2
+    padding: int = 1
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = NORMAL_0001
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        pad = k - 1 - self.padding
+        return jax.lax.conv_general_dilated(
+            x.astype(dtype), kernel[::-1, ::-1].astype(dtype), window_strides=(1, 1),
+            padding=((pad, pad), (pad, pad)), lhs_dilation=(self.stride, self.stride),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class BatchNorm(nn.Module):
     """BatchNorm2d with PyTorch semantics, on the last (channel) axis.
 

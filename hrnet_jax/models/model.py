@@ -6,6 +6,8 @@ the same function with the same variables. Outputs by ``head``:
 
 * ``"classification"``: logits (B, num_classes)
 * ``"pose"`` (V1): heatmaps (B, H/4, W/4, num_outputs)
+* ``"higher"`` (HigherHRNet, bottom-up): tuple (heatmaps + tags (B, H/4, W/4, 2 * num_outputs),
+  heatmaps (B, H/2, W/2, num_outputs))
 * ``"segmentation"`` (V2): logits (B, H/4, W/4, num_outputs)
 * ``"ocr"``: tuple (aux logits, logits), both (B, H/4, W/4, num_outputs)
 * ``"v2p"``: tuple of 5 pyramid levels (B, H/2^(i+2), W/2^(i+2), 256)
@@ -19,12 +21,13 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from hrnet_jax.models.backbone import HRNetConfig, backbone
-from hrnet_jax.models.heads import classification_head, hrfpn_neck, pose_head, segmentation_head
+from hrnet_jax.models.heads import classification_head, higher_head, hrfpn_neck, pose_head, segmentation_head
 from hrnet_jax.models.layers import KAIMING_FAN_OUT
 from hrnet_jax.models.ocr import ocr_head
 from hrnet_jax.models.stage import ModuleOptions
 
-HEADS = ("classification", "pose", "segmentation", "ocr", "v2p", "features")
+HEADS = ("classification", "pose", "segmentation", "ocr", "v2p", "features", "higher")
+_SINGLE_SCALE_HEADS = ("pose", "higher")  # stage 4's last module fuses into the highest resolution only
 
 
 class HRNet(nn.Module):
@@ -56,11 +59,13 @@ class HRNet(nn.Module):
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
         opts = self.opts
-        xs = backbone(images, self.config, opts, train, multi_scale_output=self.head != "pose")
+        xs = backbone(images, self.config, opts, train, multi_scale_output=self.head not in _SINGLE_SCALE_HEADS)
         if self.head == "classification":
             return classification_head(xs, opts, train, self.num_outputs, self.head_conv_bias)
         if self.head == "pose":
             return pose_head(xs, opts, train, self.num_outputs)
+        if self.head == "higher":
+            return higher_head(xs, opts, train, self.num_outputs)
         if self.head == "segmentation":
             return segmentation_head(xs, opts, train, self.num_outputs)
         if self.head == "ocr":

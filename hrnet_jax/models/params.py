@@ -91,6 +91,16 @@ def unflatten(flat: Mapping) -> dict:
     return tree
 
 
+# Modules holding a ``torch.nn.ConvTranspose2d`` weight (in, out, kh, kw), stored as (kh, kw, in, out):
+# HigherHRNet's ``deconv_layers.{i}.0.0`` (hrnet-reference.md section 7.3).
+_CONV_TRANSPOSE = re.compile(r"^deconv_layers\.\d+\.0\.0$")
+
+
+def is_conv_transpose(path: tuple) -> bool:
+    """Whether the (unrolled) Flax variable ``path`` is the kernel of a transposed conv."""
+    return len(path) >= 2 and path[-1] == "kernel" and bool(_CONV_TRANSPOSE.match(path[-2]))
+
+
 _LEAF_TO_TORCH = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
                   ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
 
@@ -103,6 +113,8 @@ def torch_key(collection: str, path: tuple) -> str:
 def torch_to_flax_array(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
     value = np.asarray(value)
     if collection == "params" and path[-1] == "kernel":
+        if value.ndim == 4 and is_conv_transpose(path):  # ConvTranspose2d (I, O, kh, kw) -> (kh, kw, I, O)
+            return np.ascontiguousarray(value.transpose(2, 3, 0, 1))
         if value.ndim == 4:  # Conv2d (O, I, kh, kw) -> (kh, kw, I, O)
             return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
         if value.ndim == 2:  # Linear (out, in) -> (in, out)
@@ -113,6 +125,8 @@ def torch_to_flax_array(collection: str, path: tuple, value: np.ndarray) -> np.n
 def flax_to_torch_array(collection: str, path: tuple, value: Any) -> np.ndarray:
     value = np.asarray(value)
     if collection == "params" and path[-1] == "kernel":
+        if value.ndim == 4 and is_conv_transpose(path):
+            return np.ascontiguousarray(value.transpose(2, 3, 0, 1))
         if value.ndim == 4:
             return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
         if value.ndim == 2:

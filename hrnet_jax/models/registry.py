@@ -2,7 +2,7 @@
 
 Names follow timm for classification (``hrnet_w18_small_v1`` … ``hrnet_w64``; timm's ``hrnet_w18_small`` is
 accepted as an alias), the official repos for the task models (``pose_hrnet_w32``, ``seg_hrnet_w48``,
-``seg_hrnet_ocr_w48``, ``hrnetv2p_w32``, ...). Overrides are the :class:`HRNet` fields plus the task aliases
+``seg_hrnet_ocr_w48``, ``hrnetv2p_w32``, ``higher_hrnet_w32``, ...). Overrides are the :class:`HRNet` fields plus the task aliases
 ``num_classes`` / ``num_joints`` (both set ``num_outputs``), ``execution`` (an
 :class:`~hrnet_jax.execution.ExecutionPolicy`) and that policy's fields (``onednn``, ``cut_fusion``,
 ``pointwise_matmul``) as shorthand.
@@ -30,6 +30,9 @@ def _specs() -> dict:
     # Top-down pose (HRNetV1): nearest-upsampling fusion, stage 4 fuses into the high-resolution stream only.
     for w in ("w32", "w48", "w18_small_v1", "w18_small_v2", "w18"):
         s[f"pose_hrnet_{w}"] = dict(width=w, head="pose", num_outputs=17, kernel_init=NORMAL_0001)
+    # Bottom-up pose (HigherHRNet): the pose backbone, deconv head; num_outputs = joints (tags = one per joint).
+    for w in ("w32", "w48"):
+        s[f"higher_hrnet_{w}"] = dict(width=w, head="higher", num_outputs=17, kernel_init=NORMAL_0001)
     # Segmentation (HRNetV2, HRNet-OCR branch): bilinear fusion; align_corners False in the V2 Cityscapes
     # yamls, True (the config default) in the OCR yamls.
     for w in ("w18_small_v1", "w18_small_v2", "w18", "w32", "w48"):
