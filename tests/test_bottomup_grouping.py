@@ -287,6 +287,22 @@ def test_vectorised_grouping_equals_per_person_reference(seed, params):
     assert got.shape == ref.shape and got.shape[0] > 0
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-6, atol=1e-7)
+    # without the device's block statistics (computed on the host): the same people
+    host, _ = group({k: v for k, v in det.items() if not k.startswith("block_")}, params)
+    np.testing.assert_array_equal(host, got)
+
+
+def test_block_statistics_equal_numpy():
+    rng = np.random.RandomState(0)
+    hm, tm = rng.randn(3, 40, 24).astype(np.float32), rng.randn(3, 40, 24, 2).astype(np.float32)
+    det = _detect(hm, tm)
+    for bi, by in enumerate(range(0, 40, 16)):
+        for bj, bx in enumerate(range(0, 24, 16)):
+            np.testing.assert_array_equal(det["block_max"][:, bi, bj], hm[:, by:by + 16, bx:bx + 16].max(axis=(1, 2)))
+            np.testing.assert_array_equal(det["block_tag_min"][:, bi, bj],
+                                          tm[:, by:by + 16, bx:bx + 16].min(axis=(1, 2)))
+            np.testing.assert_array_equal(det["block_tag_max"][:, bi, bj],
+                                          tm[:, by:by + 16, bx:bx + 16].max(axis=(1, 2)))
 
 
 def test_default_joint_order_and_bad_order():

@@ -17,10 +17,9 @@ The algorithm is the reference's ``HeatmapParser.parse`` (HigherHRNet lib/core/g
   refine (the reference's ``scores``).
 * refine: for a person missing joint i, the cell maximising ``heatmap_i - round(||tag_i - mean tag||)`` (mean
   tag of the person's found joints, read from the tag maps at their cells) is taken, with the quarter offset, if
-  its heatmap value is > 0. The reference scans the whole map for every person and every joint; here the
-  maximum is searched exactly but only among the cells whose heatmap value is at least a lower bound of that
-  maximum (the best of the joint's top-k candidates for that person): ``heatmap - round(d) <= heatmap`` since
-  ``round(d) >= 0``, so no cell outside can reach it, and the first maximum in row-major order is the same.
+  its heatmap value is > 0. The reference scans the whole map for every person and every joint; here the same
+  maximum (and the same first maximum in row-major order) is found exactly by branch and bound over 16x16
+  blocks, for all people missing the joint at once (see :func:`refine`).
 
 Coordinates are heatmap cells of the aggregated maps (the input image size at scale 1 with PROJECT2IMAGE).
 """
@@ -127,17 +126,54 @@ def adjust(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     return out
 
 
+_BLOCK = 16  # refine: cells per block side of the pruning grid (= inference.BLOCK)
+
+
+def block_stats(heatmaps: np.ndarray, tagmaps: np.ndarray, block: int = _BLOCK) -> tuple:
+    """Host fallback of :func:`hrnet_jax.tasks.bottomup.inference.block_stats` for one image: per block the
+    largest heatmap value (K, hb, wb) and the tags' bounding box (K, hb, wb, T) x 2 (padding ignored)."""
+    nj, h, w = heatmaps.shape
+    t = tagmaps.shape[-1]
+    hb, wb = -(-h // block), -(-w // block)
+    ph, pw = hb * block - h, wb * block - w
+    det = np.pad(heatmaps, ((0, 0), (0, ph), (0, pw)), constant_values=-np.inf)
+    tag = np.ascontiguousarray(np.moveaxis(tagmaps, -1, 1))                        # (K, T, H, W)
+    lo = np.pad(tag, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=np.inf)
+    hi = np.pad(tag, ((0, 0), (0, 0), (0, ph), (0, pw)), constant_values=-np.inf)
+    shape = (nj, hb, block, wb, block)
+    bmax = det.reshape(shape).max(axis=4).max(axis=2)
+    tmin = lo.reshape((nj, t) + shape[1:]).min(axis=5).min(axis=3)
+    tmax = hi.reshape((nj, t) + shape[1:]).max(axis=5).max(axis=3)
+    return bmax, np.moveaxis(tmin, 1, -1), np.moveaxis(tmax, 1, -1)
+
+
+def _scores(det: np.ndarray, tag: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """The reference's refine score ``det - round(||tag - prev||)`` (float32, same operations)."""
+    return det - np.round(np.sqrt(((tag - prev) ** 2).sum(axis=-1)))
+
+
 def refine(people: np.ndarray, heatmaps: np.ndarray, tagmaps: np.ndarray, vals: np.ndarray,
-           locs: np.ndarray) -> np.ndarray:
+           locs: np.ndarray, blocks: Optional[tuple] = None) -> np.ndarray:
     """The reference's ``refine`` for all people at once: fills missing joints (value == 0) from the heatmap near
-    the person's mean tag. ``heatmaps`` (K, H, W), ``tagmaps`` (K, H, W, T), the candidates ``vals`` (K, k) and
-    ``locs`` (K, k, 2) give the lower bound that restricts the exact search (see the module docstring)."""
+    the person's mean tag. ``heatmaps`` (K, H, W), ``tagmaps`` (K, H, W, T); the candidates ``vals`` (K, k) and
+    ``locs`` (K, k, 2) give the first lower bound of each maximum; ``blocks`` = :func:`block_stats` of the maps
+    (computed here when not given; the device side gives them).
+
+    Exact branch and bound over 16x16 blocks of the map: a block's score is at most its largest heatmap value minus
+    ``round`` of the distance from the person's tag to the block's tag bounding box (``round`` is monotone; the
+    distance is shrunk by a relative 1e-6 against float rounding). The lower bound of a person's maximum is the
+    best of the joint's top-k candidates and of its most promising block, computed exactly; only blocks whose
+    upper bound reaches it are evaluated, all (person, block) pairs in one array. The first maximum in row-major
+    order is kept, as ``np.argmax`` over the whole map."""
     out = people.copy()
     n, nj = people.shape[:2]
     if n == 0:
         return out
     _, h, w = heatmaps.shape
     t = tagmaps.shape[-1]
+    bs = _BLOCK
+    hb, wb = -(-h // bs), -(-w // bs)
+    ph, pw = hb * bs - h, wb * bs - w
     hm_flat = heatmaps.reshape(nj, h * w)
     tag_flat = tagmaps.reshape(nj, h * w, t)
     found = people[..., 2] > 0                                                     # (N, K)
@@ -146,20 +182,45 @@ def refine(people: np.ndarray, heatmaps: np.ndarray, tagmaps: np.ndarray, vals: 
     own = tag_flat[np.arange(nj)[None, :], yi * w + xi]                            # (N, K, T) float32
     own = np.where(found[..., None], own, np.float32(0))
     prev = own.sum(axis=1, dtype=np.float32) / np.maximum(found.sum(axis=1), 1).astype(np.float32)[:, None]
-    cand_flat = (locs[..., 1].astype(np.int64) * w + locs[..., 0])                 # (K, k)
+    cand_flat = locs[..., 1].astype(np.int64) * w + locs[..., 0]                   # (K, k)
+    if blocks is None:
+        blocks = block_stats(heatmaps, tagmaps, bs)
+    bmax_all, tmin_all, tmax_all = (np.asarray(b) for b in blocks)
+    if bmax_all.shape != (nj, hb, wb):
+        raise ValueError(f"block statistics of shape {bmax_all.shape}; expected {(nj, hb, wb)} ({bs}x{bs} blocks)")
     for i in range(nj):
         who = np.flatnonzero(~found[:, i])
         if who.size == 0:
             continue
         pv = prev[who]                                                             # (P, T)
         ci = cand_flat[i]
-        cd = np.sqrt(((tag_flat[i, ci][None] - pv[:, None]) ** 2).sum(axis=2))    # (P, k)
-        bound = (hm_flat[i, ci][None] - np.round(cd)).max(axis=1)                  # a lower bound per person
-        pix = np.flatnonzero(hm_flat[i] >= bound.min() - 1e-6)
-        d = np.sqrt(((tag_flat[i, pix][None] - pv[:, None]) ** 2).sum(axis=2))     # (P, n_pix)
-        best = pix[np.argmax(hm_flat[i, pix][None] - np.round(d), axis=1)]
-        y, x = best // w, best % w
-        val = hm_flat[i, best]
+        lower = _scores(hm_flat[i, ci][None], tag_flat[i, ci][None], pv[:, None]).max(axis=1)   # (P,)
+        det, tag = heatmaps[i], tagmaps[i]
+        if ph or pw:  # padding cells: -inf heatmap (never chosen)
+            det = np.pad(det, ((0, ph), (0, pw)), constant_values=-np.inf)
+            tag = np.pad(tag, ((0, ph), (0, pw), (0, 0)))
+        d4 = det.reshape(hb, bs, wb, bs)
+        t5 = tag.reshape(hb, bs, wb, bs, t)
+        bmax = bmax_all[i].reshape(-1)                                             # (B,)
+        tmin = tmin_all[i].reshape(-1, t)
+        tmax = tmax_all[i].reshape(-1, t)
+        gap = np.maximum(tmin[None] - pv[:, None], 0) + np.maximum(pv[:, None] - tmax[None], 0)   # (P, B, T)
+        dlb = np.sqrt((gap.astype(np.float64) ** 2).sum(axis=-1)) * (1 - 1e-6)
+        upper = bmax[None] - np.round(dlb)                                         # (P, B)
+        top = np.argmax(upper, axis=1)                                             # most promising block
+        ty, tx = top // wb, top % wb
+        lower = np.maximum(lower, _scores(d4[ty, :, tx, :], t5[ty, :, tx, :, :], pv[:, None, None]).max(axis=(1, 2)))
+        pp, bb = np.nonzero(upper >= lower[:, None] - 1e-6)                        # pairs, sorted by person
+        by, bx = bb // wb, bb % wb
+        sc = _scores(d4[by, :, bx, :], t5[by, :, bx, :, :], pv[pp][:, None, None]).reshape(len(pp), bs * bs)
+        arg = np.argmax(sc, axis=1)                                                # first maximum in the block
+        pair_max = sc[np.arange(len(pp)), arg]
+        cell = (by * bs + arg // bs) * w + bx * bs + arg % bs                      # its flat map index
+        starts = np.flatnonzero(np.r_[True, pp[1:] != pp[:-1]])
+        best = np.maximum.reduceat(pair_max, starts)      # (P,): every person has a pair (its best block)
+        flat = np.minimum.reduceat(np.where(pair_max == best[pp], cell, h * w), starts)
+        y, x = flat // w, flat % w
+        val = hm_flat[i, flat]
         dx, dy = _quarter(heatmaps, np.full_like(x, i), x, y)
         fill = val > 0
         out[who[fill], i, 0] = (x + 0.5 + dx)[fill]
@@ -178,7 +239,9 @@ def group(det: Mapping[str, np.ndarray], params: GroupingParams = GroupingParams
         people = adjust(people, heatmaps)
     scores = people[..., 2].mean(axis=1) if len(people) else np.zeros((0,), np.float32)
     if params.refine and len(people):
-        people = refine(people, heatmaps, np.asarray(det["tagmaps"], np.float32), vals, locs)
+        blocks = tuple(det[k] for k in ("block_max", "block_tag_min", "block_tag_max")) if "block_max" in det \
+            else None
+        people = refine(people, heatmaps, np.asarray(det["tagmaps"], np.float32), vals, locs, blocks)
     return people, scores.astype(np.float32)
 
 

@@ -158,12 +158,35 @@ def top_k(heatmaps: jax.Array, tags: jax.Array, k: int = 30, nms_kernel: int = 5
     return {"vals": vals, "tags": tags_k, "locs": locs}
 
 
+BLOCK = 16  # side of the blocks whose statistics the grouping's refine step prunes with
+
+
+def block_stats(heatmaps: jax.Array, tags: jax.Array, block: int = BLOCK) -> dict:
+    """Per ``block`` x ``block`` cells (the last blocks cut by the border): the largest heatmap value
+    ``block_max`` (B, K, hb, wb) and the tags' bounding box ``block_tag_min`` / ``block_tag_max``
+    (B, K, hb, wb, T), from NHWC ``heatmaps`` (B, H, W, K) and ``tags`` (B, H, W, K, T)."""
+    _, h, w, _ = heatmaps.shape
+    pad = ((0, 0), (0, -h % block), (0, -w % block), (0, 0))
+
+    def red(x, init, op):
+        win = (1, block, block) + (1,) * (x.ndim - 3)
+        return jax.lax.reduce_window(x, init, op, win, win, pad + ((0, 0),) * (x.ndim - 4))
+
+    hm = heatmaps.astype(jnp.float32)
+    tg = tags.astype(jnp.float32)
+    return {"block_max": jnp.transpose(red(hm, -jnp.inf, jax.lax.max), (0, 3, 1, 2)),
+            "block_tag_min": jnp.transpose(red(tg, jnp.inf, jax.lax.min), (0, 3, 1, 2, 4)),
+            "block_tag_max": jnp.transpose(red(tg, -jnp.inf, jax.lax.max), (0, 3, 1, 2, 4))}
+
+
 def detect(heatmaps: jax.Array, tags: jax.Array, nms_kernel: int = 5, nms_padding: int = 2, k: int = 30) -> dict:
-    """Top-k candidates plus the maps the grouping reads (channel-first: per-joint planes are contiguous on the
-    host): ``vals``, ``tags``, ``locs`` as :func:`top_k`, ``heatmaps`` (B, K, H, W), ``tagmaps`` (B, K, H, W, T)."""
+    """Top-k candidates plus what the grouping reads (channel-first: per-joint planes are contiguous on the
+    host): ``vals``, ``tags``, ``locs`` as :func:`top_k`, ``heatmaps`` (B, K, H, W), ``tagmaps`` (B, K, H, W, T)
+    and the :func:`block_stats` of the maps."""
     out = top_k(heatmaps, tags, k, nms_kernel, nms_padding)
     out["heatmaps"] = jnp.transpose(heatmaps.astype(jnp.float32), (0, 3, 1, 2))
     out["tagmaps"] = jnp.transpose(tags.astype(jnp.float32), (0, 3, 1, 2, 4))
+    out.update(block_stats(heatmaps, tags))
     return out
 
 
