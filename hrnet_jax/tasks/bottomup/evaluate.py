@@ -21,8 +21,8 @@ import numpy as np
 from hrnet_jax.data.ops.bottomup import to_image_coords
 from hrnet_jax.tasks.pose.evaluate import STAT_NAMES, coco_keypoint_eval, write_results_json
 
-#: the per-image candidate fields of the task's ``predict`` that the grouping reads
-DET_KEYS = ("vals", "tags", "locs", "heatmaps", "tagmaps")
+#: the per-image fields of the task's ``predict`` that are not the grouping's (everything else goes to it)
+META_KEYS = ("center", "scale", "size", "image_id", "shrunk", "valid")
 
 
 def people_to_results(people: np.ndarray, scores: np.ndarray, image_id: int, center, scale, size,
@@ -44,8 +44,8 @@ class BottomUpEvaluator:
     """Groups each image's candidates as they come (``add``), then runs COCOeval (``result``).
 
     ``add(outputs)`` takes host numpy arrays with a leading batch dim (padding rows already dropped): the
-    :data:`DET_KEYS` of :func:`hrnet_jax.tasks.bottomup.inference.detect`, and ``center``, ``scale``, ``size``,
-    ``image_id`` (and optionally ``shrunk``, ``valid``).
+    output of :func:`hrnet_jax.tasks.bottomup.inference.detect` (passed to the grouping as it is), and the
+    :data:`META_KEYS` ``center``, ``scale``, ``size``, ``image_id`` (and optionally ``shrunk``, ``valid``).
     """
 
     def __init__(self, gt: Any, sigmas: Sequence[float], grouping_params, category_id: int = 1,
@@ -63,7 +63,7 @@ class BottomUpEvaluator:
         ids = np.asarray(src["image_id"]).reshape(-1)
         valid = np.asarray(src["valid"], bool).reshape(-1) if "valid" in src else np.ones(len(ids), bool)
         for b in np.nonzero(valid)[0]:
-            det = {k: np.asarray(src[k][b]) for k in DET_KEYS if k in src}
+            det = {k: np.asarray(v[b]) for k, v in src.items() if k not in META_KEYS}
             people, scores = group(det, self.params)
             self.results += people_to_results(people, scores, int(ids[b]), src["center"][b], src["scale"][b],
                                               src["size"][b], self.category_id)

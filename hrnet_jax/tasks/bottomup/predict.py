@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from hrnet_jax.data.ops import bottomup as B
-from hrnet_jax.tasks.bottomup.evaluate import DET_KEYS, people_to_results
+from hrnet_jax.tasks.bottomup.evaluate import META_KEYS, people_to_results
 
 __all__ = ["load_bottomup", "BottomUpPredictor", "predict_images", "predict_video", "run_cli"]
 
@@ -37,30 +37,23 @@ __all__ = ["load_bottomup", "BottomUpPredictor", "predict_images", "predict_vide
 def load_bottomup(path: str, step: int | None = None, overrides: Sequence[str] = (), spec: Any = None,
                   input_size: int | None = None):
     """``(task, variables)`` of a bottom-up training workdir (or step folder) or a converted ``higher_hrnet_*``
-    checkpoint (spec ``coco`` unless given, input size 512 unless given); ``overrides`` are ``task.<field>=v``
-    strings (e.g. ``task.test_scales=(0.5, 1.0, 2.0)``)."""
-    from hrnet_jax.predict import load_variables_at
-    from hrnet_jax.tasks.bottomup.task import BottomUpTask
-    from hrnet_jax.training.config import Config
-    variables, info = load_variables_at(path, step)
-    if "config" in info:
-        cfg = info["config"]
-        if (cfg.get("task") or {}).get("name") != "bottomup":
-            raise ValueError(f"{path} was trained for task {(cfg.get('task') or {}).get('name')!r}, not bottomup")
-        model_cfg, task_cfg = cfg["model"], dict(cfg["task"], synthetic={})
-        if spec is not None:
-            task_cfg["spec"] = spec
-    else:
-        meta = info["meta"]
-        extra = {k: v for k, v in (meta.get("overrides") or {}).items() if k not in ("num_outputs", "num_joints")}
-        model_cfg = {"name": meta.get("model", "higher_hrnet_w32"), "dtype": "float32", **extra}
-        task_cfg = {"name": "bottomup", "spec": spec if spec is not None else "coco"}
+    checkpoint (spec ``coco`` unless given, input size 512 unless given), through
+    :func:`hrnet_jax.predict.load_task`; ``overrides`` are ``task.<field>=v`` strings (e.g.
+    ``task.test_scales=(0.5, 1.0, 2.0)``)."""
+    from hrnet_jax.predict import _converted_model, load_task
+    extra = {"spec": spec} if spec is not None else {}
     if input_size:
-        task_cfg["input_size"] = int(input_size)
-    from hrnet_jax.predict import _layout_like_model
-    conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
-    task = BottomUpTask(conf)
-    return task, _layout_like_model(task.build_model(), variables, (64, 64))
+        extra["input_size"] = int(input_size)
+
+    def from_meta(meta: dict):
+        model_cfg, _ = _converted_model(meta, "higher_hrnet_w32")
+        return model_cfg, {"name": "bottomup", "spec": "coco", **extra}
+
+    def workdir_task(t: dict) -> dict:
+        if t.get("name") != "bottomup":
+            raise ValueError(f"{path} was trained for task {t.get('name')!r}, not bottomup")
+        return dict(t, synthetic={}, **extra)
+    return load_task(path, step, overrides, from_meta=from_meta, workdir_task=workdir_task)
 
 
 class BottomUpPredictor:
@@ -101,7 +94,7 @@ class BottomUpPredictor:
                                                            task.test_scales)
         det = jax.device_get(self._fn((h_r, w_r))(self._variables, *[c[None] for c in canvases]))
         from hrnet_jax.tasks.bottomup.grouping import group
-        people, scores = group({k: np.asarray(det[k][0]) for k in DET_KEYS}, self._params)
+        people, scores = group({k: np.asarray(v[0]) for k, v in det.items() if k not in META_KEYS}, self._params)
         res = people_to_results(people, scores, 0, center, scale, size, self.spec.category_id)
         return [{"keypoints": np.asarray(r["keypoints"], np.float64).reshape(-1, 3), "score": r["score"],
                  "bbox": r["bbox"]} for r in res]

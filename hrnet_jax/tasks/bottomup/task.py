@@ -169,8 +169,10 @@ class BottomUpTask(Task):
     def train_source(self) -> CocoPeopleSource:
         if self._train_source is None:
             p = self.paths
-            self._train_source = CocoPeopleSource(p["train_ann"], p["train_images"], self.spec,
-                                                  require_annotations=True)
+            src = CocoPeopleSource(p["train_ann"], p["train_images"], self.spec, require_annotations=True)
+            # people past max_people are dropped from the targets (the first max_people of an image kept)
+            src.stats["people_over_max"] = sum(max(0, len(r["joints"]) - int(self.t.max_people)) for r in src)
+            self._train_source = src
         return self._train_source
 
     def eval_source(self) -> CocoPeopleSource:
@@ -185,9 +187,6 @@ class BottomUpTask(Task):
         for prefix, src in (("train", self._train_source), ("val", self._eval_source)):
             if src is not None:
                 out.update({f"{prefix}_{k}": float(v) for k, v in src.stats.items()})
-                if prefix == "train":
-                    over = sum(max(0, len(r["joints"]) - self.t.max_people) for r in src)
-                    out["train_people_over_max"] = float(over)
         return out
 
     def next_command(self, workdir: str) -> str:
