@@ -172,8 +172,13 @@ def test_whole_model_equals_timm_backbone_plus_torch_head():
                                       return_report=True)
     assert report.ok
     model = models.create("higher_hrnet_w32", config=CONFIGS["w18_small_v1"], num_joints=3)
-    q, h = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
-    for got, ref in ((q, ref_q), (h, ref_h)):
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    q, h = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, xj)
+    # the inference path: BN folded into the convs, the transposed conv included
+    from hrnet_jax import inference
+    apply_fn, folded = inference.prepare(model, variables)
+    fq, fh = jax.jit(lambda v, x: apply_fn(v, x, train=False))(folded, xj)
+    for got, ref in ((q, ref_q), (h, ref_h), (fq, ref_q), (fh, ref_h)):
         ref = ref.numpy().transpose(0, 2, 3, 1)
         assert got.shape == ref.shape
         assert np.max(np.abs(np.asarray(got) - ref)) / np.max(np.abs(ref)) < 1e-4
