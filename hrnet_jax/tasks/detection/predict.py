@@ -133,10 +133,8 @@ def load_detection(path: str, step: int | None = None, classes: Any = None, over
     """``(DetectionTask, variables)`` of a detection workdir or a converted detector checkpoint (classes: the
     workdir's dataset, else ``classes``: ``"coco"`` (default for converted checkpoints) or a JSON of
     ``[{"id", "name"}]``); ``overrides`` are ``task.<field>=value`` / ``model.<field>=value`` strings."""
-    from hrnet_jax.models.params import restack
     from hrnet_jax.predict import load_variables_at
     from hrnet_jax.tasks.detection.task import DetectionTask
-    from hrnet_jax.training import steps
     from hrnet_jax.training.config import Config
     variables, info = load_variables_at(path, step)
     if "config" in info:
@@ -151,6 +149,15 @@ def load_detection(path: str, step: int | None = None, classes: Any = None, over
         task_cfg = {"name": "detection", "classes": classes or "coco"}
     conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
     task = DetectionTask(conf)
+    return task, layout_like_task(task, variables)
+
+
+def layout_like_task(task, variables: dict) -> dict:
+    """``{params, batch_stats}`` of ``variables`` restacked to the layout of the task's detector (scanned <->
+    unrolled stages), initialised abstractly through the task's own example batch (the detector takes
+    ``image_hw`` besides the images)."""
+    from hrnet_jax.models.params import restack
+    from hrnet_jax.training import steps
     model = task.build_model()
     example = {k: v[:1] for k, v in task.example_batch().items()}
     abstract = jax.eval_shape(lambda: steps.init_variables(task, model, example, jax.random.PRNGKey(0)))
@@ -161,4 +168,4 @@ def load_detection(path: str, step: int | None = None, classes: Any = None, over
                 out[k] = restack(out[k], abstract[k])
             except (KeyError, ValueError):
                 pass  # a different structure: apply() reports it
-    return task, out
+    return out
