@@ -96,7 +96,7 @@ def test_mismatched_and_missing_head_keys_are_named():
     assert "deconv_layers.0.3.0.bn2.running_var" in str(e.value)
 
 
-@pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, (5, 7)), (2, 2, 0, (4, 3))])
+@pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, (5, 7)), (2, 2, 0, (4, 3)), (3, 2, 1, (5, 4)), (5, 3, 1, (4, 6))])
 def test_conv_transpose_equals_torch(k, s, p, hw):
     torch = pytest.importorskip("torch")
     rng = np.random.RandomState(0)

@@ -42,11 +42,14 @@ class ConvTranspose(nn.Module):
     """``torch.nn.ConvTranspose2d(in, features, kernel, stride, padding, output_padding=0, bias=False)`` on NHWC.
 
     The kernel is stored as ``(kh, kw, in, out)`` = the PyTorch weight ``(in, out, kh, kw)`` permuted with
-    ``(2, 3, 0, 1)`` (no flip; :mod:`hrnet_jax.models.params` maps it). The transposed conv is computed as its
-    definition, the gradient of a conv: the input dilated by ``stride``, padded by ``kernel - 1 - padding`` per
-    side and convolved with the spatially flipped kernel. For k=4, s=2, p=1 (HigherHRNet) the output is exactly
-    twice the input size. The last kernel axis is the output channel, so BatchNorm folding scales it as a conv's.
-    """
+    ``(2, 3, 0, 1)`` (no flip; :mod:`hrnet_jax.models.params` maps it). The last kernel axis is the output channel,
+    so BatchNorm folding scales it as a conv's. Output size ``(H - 1) * stride - 2 * padding + kernel``.
+
+    Computed in the sub-pixel form: output row ``stride * m + r`` only meets the kernel taps ``a`` with
+    ``(a - r - padding) % stride == 0``, at input row ``m - (a - r - padding) // stride``; all ``stride²`` phases are
+    one stride-1 conv of the input with ``stride² * features`` outputs, interleaved afterwards. Same values as the
+    definition (the input dilated by ``stride`` and convolved with the flipped kernel), 5x faster on CPU for
+    HigherHRNet's 4x4 stride-2 deconv (no multiplications by the dilation zeros)."""
 
     features: int
     kernel: int = 4
@@ -58,14 +61,38 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        k = self.kernel
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        k, s, p = self.kernel, self.stride, self.padding
+        cin = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), self.param_dtype)
         dtype = self.dtype or x.dtype
-        pad = k - 1 - self.padding
-        return jax.lax.conv_general_dilated(
-            x.astype(dtype), kernel[::-1, ::-1].astype(dtype), window_strides=(1, 1),
-            padding=((pad, pad), (pad, pad)), lhs_dilation=(self.stride, self.stride),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # taps of each phase r: (window offset e = input row - m, kernel tap a)
+        taps = [[(-((a - r - p) // s), a) for a in range(k) if (a - r - p) % s == 0] for r in range(s)]
+        offs = [e for phase in taps for e, _ in phase]
+        e_lo, e_hi = min(offs), max(offs)
+        span = e_hi - e_lo + 1
+        zero = jnp.zeros((cin, self.features), self.param_dtype)
+        rows = []
+        for ey in range(e_lo, e_hi + 1):
+            cols = []
+            for ex in range(e_lo, e_hi + 1):
+                phases = []
+                for ry in range(s):
+                    for rx in range(s):
+                        ay = dict(taps[ry]).get(ey)
+                        ax = dict(taps[rx]).get(ex)
+                        phases.append(kernel[ay, ax] if ay is not None and ax is not None else zero)
+                cols.append(jnp.concatenate(phases, axis=-1))
+            rows.append(jnp.stack(cols))
+        wk = jnp.stack(rows).astype(dtype)                                    # (span, span, in, s*s*out)
+        h, w = x.shape[1], x.shape[2]
+        oh, ow = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+        mh, mw = -(-oh // s), -(-ow // s)
+        pad = [(-e_lo, mh + span - 1 - h + e_lo), (-e_lo, mw + span - 1 - w + e_lo)]
+        y = jax.lax.conv_general_dilated(x.astype(dtype), wk, (1, 1), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        b = y.shape[0]
+        y = y.reshape(b, mh, mw, s, s, self.features).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, mh * s, mw * s, self.features)[:, :oh, :ow]
 
 
 class BatchNorm(nn.Module):
