@@ -289,6 +289,8 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="threads for both frameworks (default: all cores)")
     p.add_argument("--grouping-only", action="store_true")
+    p.add_argument("--no-grouping", action="store_true", help="only the whole-inference workers (end-to-end "
+                   "figures then need a grouping run: see the JSON of one)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -296,11 +298,14 @@ def main(argv=None) -> dict:
         worker(json.loads(a.worker))
         return {}
     threads = a.threads or os.cpu_count() or 1
-    results = {"machine": host_info(), "size": a.size}
+    if a.threads == 1:  # as hrnet_jax.bench: XLA single-threaded too (read when the workers' backends start)
+        extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+    results = {"machine": host_info(), "size": a.size, "threads": threads}
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"load {results['machine']['load_at_start']}", file=sys.stderr)
     densities = [int(v) for v in a.people.split(",") if v]
-    results["grouping"] = bench_grouping(densities, a.size, a.iters)
+    results["grouping"] = [] if a.no_grouping else bench_grouping(densities, a.size, a.iters)
     if not a.grouping_only:
         results["jax"] = run_worker("jax", a.size, a.iters, a.warmup, threads)
         results["torch"] = run_worker("torch", a.size, a.iters, a.warmup, threads)
