@@ -64,9 +64,11 @@ def background_position(sd: dict, num_classes: int) -> str:
 
 def convention_of(src: Any) -> dict:
     """``{"background": "first"|"last", "legacy_coords": bool}`` a checkpoint needs (v1 layout ⇒ v1 boxes)."""
-    sd = src if isinstance(src, dict) and all(isinstance(k, str) and k.startswith(
-        ("backbone.", "neck.", "rpn_head.", "bbox_head.")) for k in src) else mmdet_state_dict(src)
-    w = sd["bbox_head.fc_cls.weight"]
+    sd = mmdet_state_dict(src)
+    w = sd.get("bbox_head.fc_cls.weight")
+    if w is None:
+        raise ValueError("checkpoint has no bbox_head.fc_cls.weight (nor roi_head.bbox_head.fc_cls.weight): not a "
+                         "Faster R-CNN state dict")
     bg = background_position(sd, w.shape[0] - 1)
     return {"background": bg, "legacy_coords": bg == "first"}
 
