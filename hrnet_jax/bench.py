@@ -6,6 +6,9 @@
     python -m hrnet_jax.bench --pose-pipeline       # also: pose input-pipeline images/s (no model)
     python -m hrnet_jax.bench --device-script       # prints the one command for a GPU machine
                                                     # (bash scripts/bench_gpu.sh: bf16, eager + torch.compile)
+    python -m hrnet_jax.bench --deploy ...          # plain jit / inference entry point / exported artifact
+    python -m hrnet_jax.bench --detection [flags]   # Faster R-CNN vs torchvision (hrnet_jax.bench_detection)
+    python -m hrnet_jax.bench --bottomup [flags]    # HigherHRNet grouping + inference (hrnet_jax.bench_bottomup)
 
 Per model (after ``--warmup`` untimed calls, the median of ``--iters`` timed calls, each synchronised):
 
@@ -845,6 +848,13 @@ def ratios(jax_res: dict, torch_res: dict) -> dict:
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--detection" in argv:  # detector vs torchvision FasterRCNN: hrnet_jax.bench_detection's own flags follow
+        from hrnet_jax import bench_detection
+        return bench_detection.main([a for a in argv if a != "--detection"])
+    if "--bottomup" in argv:  # HigherHRNet grouping and whole inference: hrnet_jax.bench_bottomup's flags follow
+        from hrnet_jax import bench_bottomup
+        return bench_bottomup.main([a for a in argv if a != "--bottomup"])
     p = argparse.ArgumentParser(prog="python -m hrnet_jax.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None, help="comma list of name[@HxW] (default: the issue's set; 'none': no model)")

@@ -259,7 +259,8 @@ def load_variables(directory: str) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hrnet_jax.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help=".pth / .pth.tar / .safetensors checkpoint")
-    p.add_argument("--model", required=True, help=f"one of: {', '.join(registry.list_models())}")
+    p.add_argument("--model", required=True, help=f"one of: {', '.join(registry.list_models())}, or a detector "
+                                                  "faster_rcnn_hrnetv2p_w18/w32/w40/w48 (mmdetection files)")
     p.add_argument("--out", required=True, help="output directory (Orbax checkpoint)")
     p.add_argument("--backbone-only", action="store_true",
                    help="load only the backbone (e.g. ImageNet weights into a pose/segmentation model)")
@@ -275,13 +276,25 @@ def main(argv=None) -> int:
     out = os.path.abspath(a.out)
     if os.path.exists(out) and not os.path.isdir(out):
         return fail(f"--out {a.out}: exists and is not a directory")
+    from hrnet_jax.models.detection import DETECTOR_NAMES
+    detector = a.model in DETECTOR_NAMES  # an mmdetection Faster R-CNN file (HRNet-Object-Detection or mmdet v2)
+    name = a.model
+    if not detector:
+        try:
+            name = registry.resolve_name(a.model)
+        except (KeyError, ValueError) as e:
+            return fail(f"--model {a.model}: {e.args[0] if e.args else e}; detectors: {', '.join(DETECTOR_NAMES)}")
     try:
-        name = registry.resolve_name(a.model)
-    except (KeyError, ValueError) as e:
-        return fail(f"--model {a.model}: {e.args[0] if e.args else e}")
-    try:
-        variables, report = torch_to_flax(a.src, a.model, backbone_only=a.backbone_only,
-                                          strict=not a.non_strict, return_report=True, **overrides)
+        if detector:
+            from hrnet_jax.models.detection.checkpoint import convention_of, mmdet_to_flax
+            conv = convention_of(a.src)
+            num = a.num_outputs or 80
+            variables, report = mmdet_to_flax(a.src, name, num_classes=num, strict=not a.non_strict,
+                                              background=conv["background"], legacy_coords=conv["legacy_coords"])
+            overrides = {"num_classes": num, "legacy_coords": conv["legacy_coords"]}
+        else:
+            variables, report = torch_to_flax(a.src, a.model, backbone_only=a.backbone_only,
+                                              strict=not a.non_strict, return_report=True, **overrides)
     except CheckpointMismatchError as e:  # the report names the keys, one per line
         return fail(f"{a.src} does not match {name} (strict; --non-strict loads what matches, "
                     f"--backbone-only the backbone):\n{e}")

@@ -113,18 +113,22 @@ def load_variables_at(path: str, step: int | None = None) -> tuple[dict, dict]:
 
 def checkpoint_task(path: str) -> str:
     """The task a checkpoint was trained for: ``config.task.name`` of a workdir, or by the converted model's
-    head (pose / segmentation / classification)."""
+    head (pose / segmentation / classification / bottomup) or name (detection)."""
     workdir, _ = _locate(path) if not os.path.isdir(os.path.join(path, "variables")) else (None, None)
     if workdir is not None:
         with open(os.path.join(workdir, "config.json")) as f:
             return (json.load(f).get("task") or {}).get("name", "")
     meta_path = os.path.join(path, "model.json")
     if os.path.exists(meta_path):
+        from hrnet_jax.models.detection import DETECTOR_NAMES
         from hrnet_jax.models.registry import MODEL_SPECS, resolve_name
         with open(meta_path) as f:
-            head = MODEL_SPECS[resolve_name(json.load(f).get("model", "pose_hrnet_w32"))]["head"]
-        return {"segmentation": "segmentation", "ocr": "segmentation", "classification": "classification"}.get(
-            head, "pose")
+            name = json.load(f).get("model", "pose_hrnet_w32")
+        if name in DETECTOR_NAMES:
+            return "detection"
+        head = MODEL_SPECS[resolve_name(name)]["head"]
+        return {"segmentation": "segmentation", "ocr": "segmentation", "classification": "classification",
+                "higher": "bottomup"}.get(head, "pose")
     return "pose"
 
 
