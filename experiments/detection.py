@@ -51,7 +51,8 @@ def _coco(model: str, epochs: int = 12, drops=(8, 11)):
         evals=dict(val=dict(every=total, steps=0)),
         checkpoint_every=STEPS_PER_EPOCH, keep_checkpoints=3, best_metric="val/AP",
         init_from_mode="matching", init_from_prefix="backbone",
-        model=dict(name=model, dtype="float32", arch={}),
+        # legacy_coords=True for the official HRNet-Object-Detection checkpoints (mmdet v1 +1 box conventions)
+        model=dict(name=model, dtype="float32", arch={}, legacy_coords=False),
         optimizer=dict(name="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=1e-4,
                        weight_decay_style="l2", decay_bn_bias=True, schedule="step",
                        boundaries=tuple(e * STEPS_PER_EPOCH for e in drops), decay_factor=0.1,
