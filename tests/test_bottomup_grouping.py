@@ -310,3 +310,11 @@ def test_default_joint_order_and_bad_order():
     assert GroupingParams(num_joints=5).order() == (0, 1, 2, 3, 4)
     with pytest.raises(ValueError, match="permutation"):
         GroupingParams(num_joints=3, joint_order=(0, 0, 1)).order()
+
+
+def test_exact_2x_upsampling_equals_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    x = np.random.RandomState(0).randn(2, 5, 7, 3).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(10, 14),
+                                          mode="bilinear", align_corners=False).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(bu._resize(jnp.asarray(x), (10, 14))), ref, rtol=1e-6, atol=1e-6)

@@ -52,9 +52,28 @@ class TestConfig:
             raise ValueError(f"nms_kernel must be odd and >= 1, got {self.nms_kernel}")
 
 
+def _up2(x: jax.Array, axis: int) -> jax.Array:
+    """Exact 2x bilinear upsampling (align_corners=False) along ``axis``: output ``2i`` = 0.25 x[i-1] + 0.75 x[i],
+    ``2i+1`` = 0.75 x[i] + 0.25 x[i+1], indices clamped at the border (PyTorch's source-index rule)."""
+    n = x.shape[axis]
+    prev = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis), jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)],
+                           axis=axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), jax.lax.slice_in_dim(x, n - 1, n, axis=axis)],
+                          axis=axis)
+    even, odd = 0.25 * prev + 0.75 * x, 0.75 * x + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    return out.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+
+
 def _resize(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """``F.interpolate(mode='bilinear', align_corners=False)`` of NHWC ``x`` to ``size`` (H, W)."""
-    return resize_bilinear(x.astype(jnp.float32), tuple(int(s) for s in size), False)
+    """``F.interpolate(mode='bilinear', align_corners=False)`` of NHWC ``x`` to ``size`` (H, W). The exact 2x case
+    (HigherHRNet's 1/4 -> 1/2 and 1/2 -> input steps) takes two taps per output instead of the dense
+    interpolation matrices of :func:`hrnet_jax.models.layers.resize_bilinear`."""
+    x = x.astype(jnp.float32)
+    h, w = int(size[0]), int(size[1])
+    if (h, w) == (2 * x.shape[1], 2 * x.shape[2]):
+        return _up2(_up2(x, 1), 2)
+    return resize_bilinear(x, (h, w), False)
 
 
 def stage_maps(outputs: Sequence[jax.Array], num_joints: int, with_heatmaps=(True, True),
