@@ -19,6 +19,7 @@ import numpy as np
 import flax.linen as nn
 
 from hrnet_jax.models import registry
+from hrnet_jax.models.layers import ConvTranspose
 
 _GROUPS = (("stem", ("conv1", "bn1", "conv2", "bn2")), ("stage1", ("layer1",)),
            ("stage2", ("transition1", "stage2")), ("stage3", ("transition2", "stage3")),
@@ -40,11 +41,13 @@ def summarize(name: str, input_hw=(224, 224), **overrides) -> dict:
 
     def count(next_fun, args, kwargs, context):
         mod = context.module
-        if context.method_name != "__call__" or not isinstance(mod, (nn.Conv, nn.Dense)):
+        if context.method_name != "__call__" or not isinstance(mod, (nn.Conv, nn.Dense, ConvTranspose)):
             return next_fun(*args, **kwargs)
         out = next_fun(*args, **kwargs)
         inp = args[0]
-        if isinstance(mod, nn.Conv):
+        if isinstance(mod, ConvTranspose):  # every input pixel meets every kernel tap once
+            n = int(np.prod(inp.shape[1:3])) * mod.kernel ** 2 * inp.shape[-1] * mod.features
+        elif isinstance(mod, nn.Conv):
             kh, kw = mod.kernel_size
             n = int(np.prod(out.shape[1:])) * kh * kw * inp.shape[-1] // mod.feature_group_count
         else:

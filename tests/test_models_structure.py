@@ -96,6 +96,7 @@ def test_bf16_forward_close_to_float32(name):
 
 EXPECTED_OUT = {"classification": lambda n, b: [(b, 1000)],
                 "pose": lambda n, b: [(b, 16, 24, 17)],
+                "higher": lambda n, b: [(b, 16, 24, 34), (b, 32, 48, 17)],
                 "segmentation": lambda n, b: [(b, 16, 24, 19)],
                 "ocr": lambda n, b: [(b, 16, 24, 19), (b, 16, 24, 19)],
                 "v2p": lambda n, b: [(b, 16, 24, 256), (b, 8, 12, 256), (b, 4, 6, 256), (b, 2, 3, 256),
