@@ -2,7 +2,7 @@
 
 Defaults are the official config ``HRNet-Object-Detection/configs/hrnet/faster_rcnn_hrnetv2p_w32_1x.py``:
 
-* HRFPN neck (256 channels, 5 levels, strides 4-64); backbone BN frozen (``norm_eval``: running statistics even
+* HRFPN neck (256 channels, 5 levels, strides 4-64); backbone BN frozen (``norm_eval=True``: running statistics even
   when training; the BN affine parameters still train).
 * RPN: anchors scale 8, ratios (0.5, 1, 2), strides 4-64; proposals per level top 2000 → NMS 0.7 → 2000, then the
   best 2000 over the levels (that repo builds training proposals with its *test* RPN config, 2000 / 2000 / 2000);
@@ -47,8 +47,8 @@ class _Backbone(nn.Module):
     opts: ModuleOptions
 
     @nn.compact
-    def __call__(self, x):
-        return backbone(x, self.config, self.opts, train=False)  # norm_eval: BN on running statistics
+    def __call__(self, x, train: bool = False):
+        return backbone(x, self.config, self.opts, train=train)
 
 
 class _Neck(nn.Module):
@@ -110,6 +110,9 @@ class FasterRCNN(nn.Module):
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
     legacy_coords: bool = False
+    # True (the recipe, ImageNet-initialised): backbone BN on running statistics even in training; False (training
+    # from scratch, e.g. det_demo): batch statistics in training, running ones (updated by the loop) at inference
+    norm_eval: bool = True
     # backbone execution
     scan: bool = True
     scan_unroll: Any = True
@@ -146,7 +149,7 @@ class FasterRCNN(nn.Module):
         if h % 32 or w % 32:
             raise ValueError(f"image height and width must be multiples of 32 (pad bottom/right); got {h}x{w}")
         opts = self._opts()
-        xs = _Backbone(self.config, opts, name="backbone")(images)
+        xs = _Backbone(self.config, opts, name="backbone")(images, train=train and not self.norm_eval)
         feats = _Neck(opts, self.neck_channels, name="neck")(xs)
         if len(feats) != len(self.anchor_strides):
             raise ValueError(f"{len(feats)} pyramid levels but {len(self.anchor_strides)} anchor strides")
