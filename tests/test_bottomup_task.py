@@ -99,8 +99,6 @@ def test_evaluator_end_to_end_on_ideal_maps_gives_ap_1():
     from hrnet_jax.tasks.bottomup.targets import heatmaps
     gt = _gt()
     canvas = (64, 128)
-    outputs = {k: [] for k in ("vals", "tags", "locs", "heatmaps", "tagmaps", "center", "scale", "size",
-                               "image_id")}
     hms, tms, meta = [], [], []
     for img in (1, 2):
         canvases, center, scale, size, _ = B.eval_canvases(np.zeros((90, 130, 3), np.uint8), 64, canvas)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-import jax.numpy as jnp
-
 from hrnet_jax.data import pipeline as dp
 from hrnet_jax.data.keypoints import KeypointSpec, get_spec
 from hrnet_jax.data.sources.coco_people import CocoPeopleSource
