@@ -498,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.images and not a.video:
         p.error("give --images and/or --video (or --evaluate EXPERIMENT)")
     kind = checkpoint_task(a.checkpoint) if os.path.exists(a.checkpoint) else "pose"
+    if kind == "bottomup":  # whole images / video, no boxes: every person with an id
+        from hrnet_jax.tasks.bottomup.predict import run_cli
+        return run_cli(a)
     if kind in ("segmentation", "classification"):
         return _predict_other(kind, a)
     input_size = tuple(int(v) for v in a.input_size.lower().split("x")) if a.input_size else None
