@@ -153,7 +153,7 @@ def load_task(path: str, step: int | None = None, overrides: Sequence[str] = (),
         model_cfg, task_cfg = from_meta(dict(info["meta"]))
     conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
     task = task_class(conf["task"]["name"])(conf)
-    return task, _layout_like_model(task.build_model(), variables, (64, 64))
+    return task, _layout(task, variables)
 
 
 def _converted_model(meta: dict, default: str) -> tuple[dict, dict]:
@@ -326,6 +326,14 @@ class Predictor:
         return draw_pose(image_bgr, people, self.spec.skeleton, self.kpt_thre)
 
 
+def _layout(task, variables: dict, sample=(64, 64)) -> dict:
+    """``variables`` laid out like ``task``'s model (scanned <-> unrolled runs)."""
+    if task.name == "detection":  # the detector takes image_hw besides the images: init through its example batch
+        from hrnet_jax.tasks.detection.predict import layout_like_task
+        return layout_like_task(task, variables)
+    return _layout_like_model(task.build_model(), variables, sample)
+
+
 def _layout_like_model(model, variables: dict, input_size) -> dict:
     """``variables`` restacked to the model's layout (scanned <-> unrolled runs), when they differ only so."""
     from hrnet_jax.models.params import restack
@@ -357,7 +365,7 @@ def evaluate(checkpoint: str, experiment: str, overrides: Sequence[str] = (), st
     else:
         variables, _ = load_variables_at(checkpoint, step)
         sample = (64, 64)
-    variables = _layout_like_model(task.build_model(), variables, sample)
+    variables = _layout(task, variables, sample)
     return evaluate_task(task, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
 
 
@@ -501,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if kind == "bottomup":  # whole images / video, no boxes: every person with an id
         from hrnet_jax.tasks.bottomup.predict import run_cli
         return run_cli(a)
-    if kind in ("segmentation", "classification"):
+    if kind in ("segmentation", "classification", "detection"):
         return _predict_other(kind, a)
     input_size = tuple(int(v) for v in a.input_size.lower().split("x")) if a.input_size else None
     try:
@@ -531,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict_other(kind: str, a) -> int:
-    """``--images`` for a segmentation or classification checkpoint (the task folder's ``predict_images``)."""
+    """``--images`` for a segmentation, classification or detection checkpoint (the task folder's
+    ``predict_images``)."""
     if a.video:
         print(f"error: --video is for pose checkpoints; this is a {kind} checkpoint", file=sys.stderr)
         return 2
@@ -546,6 +555,11 @@ def _predict_other(kind: str, a) -> int:
             os.makedirs(a.out, exist_ok=True)
             recs = seg_predict(task, variables, paths, a.out)
             print(f"{len(recs)} image(s) segmented: {os.path.join(a.out, 'predictions.json')}")
+        elif kind == "detection":
+            from hrnet_jax.tasks.detection.predict import load_detection, predict_images as det_predict
+            task, variables = load_detection(a.checkpoint, a.step, a.classes)
+            res = det_predict(task, variables, paths, a.out, score_thr=a.box_thre or 0.3)
+            print(f"{len(paths)} image(s), {len(res)} detection(s): {os.path.join(a.out, 'detections.json')}")
         else:
             from hrnet_jax.tasks.classification.predict import predict_images as cls_predict
             task, variables = load_classification(a.checkpoint, a.step)

@@ -133,23 +133,16 @@ def load_detection(path: str, step: int | None = None, classes: Any = None, over
     """``(DetectionTask, variables)`` of a detection workdir or a converted detector checkpoint (classes: the
     workdir's dataset, else ``classes``: ``"coco"`` (default for converted checkpoints) or a JSON of
     ``[{"id", "name"}]``); ``overrides`` are ``task.<field>=value`` / ``model.<field>=value`` strings."""
-    from hrnet_jax.predict import load_variables_at
-    from hrnet_jax.tasks.detection.task import DetectionTask
-    from hrnet_jax.training.config import Config
-    variables, info = load_variables_at(path, step)
-    if "config" in info:
-        cfg = info["config"]
-        model_cfg, task_cfg = cfg["model"], dict(cfg["task"])
-        if classes:
-            task_cfg["classes"] = classes
-    else:
-        meta = dict(info["meta"])
+    from hrnet_jax.predict import load_task
+
+    def workdir_task(t):
+        return dict(t, **({"classes": classes} if classes else {}))
+
+    def from_meta(meta):
         model_cfg = {"name": meta.get("model", "faster_rcnn_hrnetv2p_w32"), "dtype": "float32",
                      **{k: v for k, v in (meta.get("overrides") or {}).items() if k != "num_classes"}}
-        task_cfg = {"name": "detection", "classes": classes or "coco"}
-    conf = Config({"model": model_cfg, "task": task_cfg, "batch_size": 1, "seed": 0}).override(list(overrides))
-    task = DetectionTask(conf)
-    return task, layout_like_task(task, variables)
+        return model_cfg, {"name": "detection", "classes": classes or "coco"}
+    return load_task(path, step, overrides, from_meta=from_meta, workdir_task=workdir_task)
 
 
 def layout_like_task(task, variables: dict) -> dict:
