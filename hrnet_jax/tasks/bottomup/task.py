@@ -250,7 +250,7 @@ class BottomUpTask(Task):
     # ---- host evaluation ---------------------------------------------------------------------------------
     def coco_gt(self):
         if self._coco_gt is None:
-            from hrnet_jax.tasks.pose.evaluate import load_coco
+            from hrnet_jax.data.sources.coco_api import load_coco
             self._coco_gt = load_coco(self.paths["val_ann"])
         return self._coco_gt
 

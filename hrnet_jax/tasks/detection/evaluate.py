@@ -19,22 +19,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hrnet_jax.data.ops.detection import boxes_to_original
+from hrnet_jax.data.sources.coco_api import load_coco
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def load_coco(gt: Any):
-    """A pycocotools COCO from a path, a dict or a COCO object (quietly)."""
-    from pycocotools.coco import COCO
-    if isinstance(gt, COCO):
-        return gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(gt, str):
-            return COCO(gt)
-        coco = COCO()
-        coco.dataset = dict(gt)
-        coco.createIndex()
-        return coco
 
 
 def to_coco_results(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, valid: np.ndarray,

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hrnet_jax.data.sources.coco_api import load_coco
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -111,20 +113,6 @@ def write_results_json(results: Sequence[Mapping[str, Any]], path: str) -> None:
 
 
 # ---- COCOeval ---------------------------------------------------------------------------------------------------
-def load_coco(gt: Any):
-    """A pycocotools COCO from a path, a dict or a COCO object (quietly)."""
-    from pycocotools.coco import COCO
-    if isinstance(gt, COCO):
-        return gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(gt, str):
-            return COCO(gt)
-        coco = COCO()
-        coco.dataset = dict(gt)
-        coco.createIndex()
-        return coco
-
-
 def coco_keypoint_eval(gt: Any, results: "Sequence[Mapping[str, Any]] | str", sigmas: Sequence[float],
                        img_ids: Sequence[int] | None = None, verbose: bool = False) -> dict[str, float]:
     """COCOeval keypoints with per-keypoint ``sigmas`` (any K). ``results`` is a list or a results-JSON path."""
