@@ -76,9 +76,9 @@ def bottomup_demo():
     """Synthetic multi-person images (2-6 figures, 128x128; 1200 train / 100 val), the narrow :data:`DEMO_ARCH`
     HigherHRNet at 128x128 input, 1200 steps of batch 16, Adam 2e-3 cosine; the AE push / pull factors raised to
     0.05 (the reference's 0.001 leaves the tags of a short run unseparated: val/AP 0.09 after 600 steps; 0.38 after
-    800 steps with 0.01, 0.50 with 0.05); evaluated like COCO (flip test, grouping, COCOeval). Measured on the
-    shared 2-core CPU (dataset already generated, compilation included, another run alongside, load average 8-9):
-    val/AP 0.541 in 25 min 38 s wall, 583 s of CPU (user + system); a quiet cold-start timing is to follow."""
+    800 steps with 0.01, 0.50 with 0.05); evaluated like COCO (flip test, grouping, COCOeval). Measured on a fresh
+    clone, cold start (data generation, empty compilation cache, training, evaluation), 2-core CPU, nothing else
+    running: val/AP 0.541 (AP50 0.838) in 6 min 16 s wall (25 min 38 s at load 8-9 beside another run)."""
     total = DEMO_STEPS
     return default_config(
         total_steps=total, batch_size=16, seed=0, log_every=25, checkpoint_every=total, keep_checkpoints=1,
