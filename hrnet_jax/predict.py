@@ -430,7 +430,10 @@ def predict_images(pred: Predictor, paths: Sequence[str], out_dir: str, boxes: d
     return results
 
 
-def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None = None) -> tuple[str, list[dict]]:
+def annotate_video(path: str, out_dir: str, frame_fn: Callable[[np.ndarray, int], tuple[np.ndarray, list[dict]]]
+                   ) -> tuple[str, list[dict]]:
+    """Every frame of the video ``path`` through ``frame_fn(bgr, frame_index) -> (annotated bgr, result records)``;
+    writes ``<stem>_pose.mp4`` and ``<stem>_keypoints.json`` (the records) into ``out_dir``."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     cap = cv2.VideoCapture(path)
@@ -448,9 +451,9 @@ def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None =
             if writer is None:
                 h, w = bgr.shape[:2]
                 writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            people = pred.predict(bgr[:, :, ::-1], (boxes or {}).get(frame))
-            results += pred.results(people, frame)
-            writer.write(pred.draw(bgr, people))
+            drawn, records = frame_fn(bgr, frame)
+            results += records
+            writer.write(drawn)
             frame += 1
     finally:
         cap.release()
@@ -460,6 +463,14 @@ def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None =
         raise InputError(f"{path}: no frame could be decoded (not a video?)")
     atomic_write_json(os.path.join(out_dir, f"{stem}_keypoints.json"), results, indent=None, sort_keys=False)
     return out_path, results
+
+
+def predict_video(pred: Predictor, path: str, out_dir: str, boxes: dict | None = None) -> tuple[str, list[dict]]:
+    """Top-down pose on every frame (``boxes``: per-frame person boxes, else the whole frame)."""
+    def frame_fn(bgr, frame):
+        people = pred.predict(bgr[:, :, ::-1], (boxes or {}).get(frame))
+        return pred.draw(bgr, people), pred.results(people, frame)
+    return annotate_video(path, out_dir, frame_fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "image_id = frame index (default: whole frame)")
     p.add_argument("--box-thre", type=float, default=0.0, help="minimum box score")
     p.add_argument("--kpt-thre", type=float, default=0.2, help="keypoints below this score are not drawn")
+    p.add_argument("--person-thre", type=float, default=0.2,
+                   help="bottom-up: people scoring below this are not drawn (the JSON keeps every person)")
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)")
     p.add_argument("--input-size", default="", help="HxW for a converted checkpoint (default 256x192)")

@@ -59,10 +59,11 @@ def load_bottomup(path: str, step: int | None = None, overrides: Sequence[str] =
 class BottomUpPredictor:
     """All people of RGB images (see the module docstring)."""
 
-    def __init__(self, task, variables, kpt_thre: float = 0.2, track_oks: float = 0.3):
+    def __init__(self, task, variables, kpt_thre: float = 0.2, track_oks: float = 0.3, person_thre: float = 0.2):
         from hrnet_jax import inference
         self.task, self.spec = task, task.spec
         self.kpt_thre, self.track_oks = float(kpt_thre), float(track_oks)
+        self.person_thre = float(person_thre)  # drawing only: the results keep every person (COCO style)
         self.model = task.build_model()
         apply_fn, self._variables = inference.prepare(self.model, jax.device_put(variables))
         self._apply = apply_fn
@@ -140,8 +141,10 @@ class BottomUpPredictor:
         return out
 
     def draw(self, image_bgr: np.ndarray, people: list[dict]) -> np.ndarray:
-        """Skeletons (:func:`hrnet_jax.predict.draw_pose`) and each person's id at its top-left keypoint."""
+        """Skeletons (:func:`hrnet_jax.predict.draw_pose`) and each person's id at its top-left keypoint, for the
+        people scoring at least ``person_thre``."""
         from hrnet_jax.predict import _color, draw_pose
+        people = [p for p in people if p["score"] >= self.person_thre]
         img = draw_pose(image_bgr, people, self.spec.skeleton, self.kpt_thre, draw_boxes=False)
         scale = max(1, int(round(max(img.shape[:2]) / 320)))
         for p in people:
@@ -181,37 +184,12 @@ def predict_images(pred: BottomUpPredictor, paths: Sequence[str], out_dir: str) 
 
 def predict_video(pred: BottomUpPredictor, path: str, out_dir: str) -> tuple[str, list[dict]]:
     """Every frame's people, with ids tracked across frames; an annotated ``<stem>_pose.mp4``."""
-    from hrnet_jax.predict import InputError
-    from hrnet_jax.training.workdir import atomic_write_json
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise InputError(f"{path}: not a video OpenCV can open")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    stem = os.path.splitext(os.path.basename(path))[0]
-    out_path = os.path.join(out_dir, f"{stem}_pose.mp4")
-    writer, results, frame = None, [], 0
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if writer is None:
-                h, w = bgr.shape[:2]
-                writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            people = pred.assign_ids(pred.predict(np.ascontiguousarray(bgr[:, :, ::-1])), bgr.shape[:2], track=True)
-            results += pred.results(people, frame)
-            writer.write(pred.draw(bgr, people))
-            frame += 1
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if frame == 0:
-        raise InputError(f"{path}: no frame could be decoded (not a video?)")
-    atomic_write_json(os.path.join(out_dir, f"{stem}_keypoints.json"), results, indent=None, sort_keys=False)
-    return out_path, results
+    from hrnet_jax.predict import annotate_video
+
+    def frame_fn(bgr, frame):
+        people = pred.assign_ids(pred.predict(np.ascontiguousarray(bgr[:, :, ::-1])), bgr.shape[:2], track=True)
+        return pred.draw(bgr, people), pred.results(people, frame)
+    return annotate_video(path, out_dir, frame_fn)
 
 
 def run_cli(a) -> int:
@@ -221,7 +199,7 @@ def run_cli(a) -> int:
     size = int(str(a.input_size).lower().split("x")[0]) if getattr(a, "input_size", "") else None
     try:
         task, variables = load_bottomup(a.checkpoint, a.step, spec=a.spec, input_size=size)
-        pred = BottomUpPredictor(task, variables, kpt_thre=a.kpt_thre)
+        pred = BottomUpPredictor(task, variables, kpt_thre=a.kpt_thre, person_thre=getattr(a, "person_thre", 0.2))
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
