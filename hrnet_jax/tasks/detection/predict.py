@@ -101,14 +101,10 @@ class DetectionPredictor:
         return out
 
 
-def _image_id(path: str, index: int) -> int:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else index
-
-
 def predict_images(task, variables, paths: Sequence[str], out_dir: str, score_thr: float = 0.3) -> list[dict]:
     """Predicts every readable image of ``paths`` into ``out_dir`` (module docstring); an unreadable one is
     skipped with its reason. Returns the COCO results written to ``detections.json``."""
+    from hrnet_jax.predict import _image_id   # numeric file stems are COCO image ids, as for pose
     pred = DetectionPredictor(task, variables)
     os.makedirs(out_dir, exist_ok=True)
     results, skipped = [], 0
