@@ -311,6 +311,12 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
 DEPLOY_PATHS = ("plain", "entry", "artifact")
 
 
+def _winograd_arg(args):
+    """``--winograd``: auto (the entry point's default), off (0) or a minimum channel count."""
+    w = getattr(args, "winograd", "auto")
+    return None if w == "auto" else (0 if w == "off" else int(w))
+
+
 def bench_deploy(path: str, name: str, hw, batches: tuple[int, ...], args, out: dict | None = None,
                  on_update=None) -> dict:
     """Inference images/s of one deployment path, in its own fresh process (``--deploy``):
@@ -339,13 +345,14 @@ def bench_deploy(path: str, name: str, hw, batches: tuple[int, ...], args, out: 
         call = lambda compiled, x: compiled(variables, x)  # noqa: E731
         lower = lambda x: fn.lower(variables, x)  # noqa: E731
     elif path == "entry":
-        run = inference.compile(model, variables)
+        run = inference.compile(model, variables, winograd=_winograd_arg(args))
         call = lambda compiled, x: compiled(run.variables, x)  # noqa: E731
         lower = run.lower
     elif path == "artifact":
         from jax import export as jex
         from hrnet_jax import xla_options
-        apply_fn, iv = inference.prepare(model, variables)
+        apply_fn, iv = inference.prepare(model, variables, winograd=_winograd_arg(args),
+                                         platforms=("cpu", "cuda", "tpu"))
         iv = jax.tree.map(np.asarray, iv)
         b_sym, = jex.symbolic_shape("b")
         t = time.perf_counter()
@@ -815,7 +822,8 @@ def deploy_markdown(results: dict) -> str:
     lines = [f"Machine: {m['cpu']} [{m.get('cpu_flags', '')}], {m['cores']} cores; python {m['python']}, "
              f"jax {m.get('jax', '?')}, "
              f"torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} threads), timm {m.get('timm', '?')}; "
-             f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; dtype {results['config']['dtype']}; each path in a "
+             f"GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; dtype {results['config']['dtype']}; "
+             f"Winograd 3x3 convs (entry, artifact): {results['config'].get('winograd', 'off')}; each path in a "
              f"fresh process; load at start {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     hdr = ("| model | input | path | " + " | ".join(f"b{b} img/s | /eager | /compile" for b in bs)
@@ -885,6 +893,9 @@ def main(argv=None) -> dict:
     p.add_argument("--xla-onednn", default="keep", choices=["on", "off", "keep"],
                    help="XLA CPU convolutions through oneDNN (--xla_cpu_use_onednn; no measurable gain at low load on "
                         "the 2-core EPYC: W32 b4 116 GFLOP/s either way); keep (default) leaves XLA_FLAGS alone")
+    p.add_argument("--winograd", default="auto",
+                   help="--deploy: Winograd 3x3 convs in the entry point and the artifact: auto (the default of "
+                        "hrnet_jax.inference.prepare), off, or a minimum channel count")
     p.add_argument("--deploy", action="store_true",
                    help="inference paths instead of the default rows, each in a fresh process: a user's plain "
                         "jax.jit(model.apply), the inference entry point (hrnet_jax.inference.compile) and the "
@@ -984,6 +995,7 @@ def main(argv=None) -> dict:
         results["cls_pipeline"] = bench_cls_pipeline(32, args.pipeline_batches)
     if args.deploy:
         results["config"]["deploy"] = True
+        results["config"]["winograd"] = args.winograd
         results["machine"]["cpu_flags"] = _cpu_vector_flags()
         print(deploy_markdown(results))
     else:

@@ -19,6 +19,11 @@ rounding.
 * ``cut_fusion``: :func:`cut_fusion` on the output of every residual block of the streams (stage 1 and the
   branches of stages 2-4, not the classification head's ``incre_modules``) and of every exchange unit.
 
+* ``winograd`` (inference only, 0 = off): float 3x3 stride-1 convs with at least that many input and output
+  channels run as Winograd F(2x2, 3x3) on CPU (:mod:`hrnet_jax.kernels.winograd`; 2.25x fewer multiplications,
+  pure StableHLO, so an exported program keeps it). The inference entry point sets it on CPU
+  (:func:`default_winograd`) and precomputes the transformed kernels (:func:`winograd_variables`).
+
 ``None`` means "decide for this process" (:meth:`ExecutionPolicy.resolve`): oneDNN on a single CPU device when
 the kernels build (otherwise XLA, silently), and the fusion cuts on the CPU backend. ``onednn=True`` raises a
 ``RuntimeError`` that gives the reason when the kernels cannot be used.
@@ -43,6 +48,18 @@ _SERIAL_ROOTS = ("conv1", "conv2", "layer1", "final_layer.0")
 _SERIAL_PREFIXES = ("downsamp_modules.",)
 # Residual blocks under these top-level names get no fusion cut (the classification head's incremental blocks).
 _UNCUT_PREFIXES = ("incre_modules.",)
+# The variable collection of transformed Winograd kernels (ExecutionPolicy.winograd).
+WINOGRAD = "winograd"
+# The fewest channels of a 3x3 conv that Winograd F(2x2, 3x3) computes faster than XLA's CPU conv (see
+# hrnet_jax.kernels.winograd: at 32 channels the matmuls are too thin for the transforms' memory traffic).
+WINOGRAD_MIN_CHANNELS = 64
+
+
+def default_winograd(platforms) -> int:
+    """The ``winograd`` of an inference policy for a program that runs on ``platforms``: CPU-only (GPUs and TPUs
+    keep their own convolutions, cuDNN choosing its Winograd kernels itself), so
+    :data:`WINOGRAD_MIN_CHANNELS` when ``cpu`` is among them, else 0."""
+    return WINOGRAD_MIN_CHANNELS if "cpu" in tuple(platforms) else 0
 
 
 def cut_fusion(x: jax.Array) -> jax.Array:
@@ -98,6 +115,65 @@ def _matmul_conv(mod: nn.Conv, x):
     return y if bias is None else y + bias
 
 
+def _winograd_ok(mod: nn.Conv, x, min_channels: int) -> bool:
+    return (tuple(mod.kernel_size) == (3, 3) and mod.strides in (1, None, (1, 1))
+            and mod.padding == ((1, 1), (1, 1)) and mod.feature_group_count == 1
+            and mod.kernel_dilation in (1, None, (1, 1)) and x.ndim == 4
+            and jnp.dtype(mod.dtype or x.dtype) == jnp.float32 and min(x.shape[-1], mod.features) >= min_channels)
+
+
+def _winograd_conv(mod: nn.Conv, x):
+    """A 3x3 stride-1 conv by Winograd F(2x2, 3x3) on CPU. Its transformed kernel comes from the ``winograd``
+    collection when the variables have one (:func:`winograd_variables` computes them once and drops the 3x3
+    kernels they replace); while that collection is mutable it is created there; otherwise the kernel is
+    transformed here. A program lowered for several platforms (an export for cpu, cuda and tpu) computes the
+    conv by Winograd on CPU only: ``lax.platform_dependent`` picks XLA's convolution elsewhere, with the 3x3
+    kernel recovered from the transformed one."""
+    from hrnet_jax.kernels import winograd
+    bias = mod.param("bias", mod.bias_init, (mod.features,), mod.param_dtype) if mod.use_bias else None
+    if mod.has_variable(WINOGRAD, "kernel"):
+        u = mod.get_variable(WINOGRAD, "kernel")
+        kernel_of = winograd.kernel_of
+    else:
+        kernel = mod.param("kernel", mod.kernel_init, (3, 3, x.shape[-1], mod.features), mod.param_dtype)
+        u = (mod.variable(WINOGRAD, "kernel", winograd.winograd_kernel, kernel).value
+             if mod.is_mutable_collection(WINOGRAD) else winograd.winograd_kernel(kernel))
+        kernel_of = lambda _: kernel  # noqa: E731
+    x, u, bias = nn.dtypes.promote_dtype(x, u, bias, dtype=mod.dtype)
+
+    def on_cpu(x, u):
+        return winograd.conv3x3(x, transformed=u, precision=mod.precision)
+
+    def elsewhere(x, u):
+        return jax.lax.conv_general_dilated(x, kernel_of(u).astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=mod.precision)
+
+    y = jax.lax.platform_dependent(x, u, cpu=on_cpu, default=elsewhere)
+    return y if bias is None else y + bias
+
+
+def winograd_variables(apply_fn, params: dict, example: jax.Array) -> tuple[dict, dict]:
+    """``(params, winograd)``: the transformed kernels of the convs that a policy with ``winograd`` computes by
+    Winograd, found by tracing ``apply_fn({"params": params}, example, mutable=[WINOGRAD])`` (shapes only), then
+    computed once from ``params``; the 3x3 kernels they replace are dropped from ``params``."""
+    from hrnet_jax.kernels import winograd
+    _, state = jax.eval_shape(lambda p, x: apply_fn({"params": p}, x, mutable=[WINOGRAD]), params, example)
+    shapes = state.get(WINOGRAD, {})
+    params = jax.tree.map(lambda a: a, dict(params))  # a copy of the nested dicts that we may edit
+
+    def walk(shape_tree, p):
+        out = {}
+        for k, v in shape_tree.items():
+            if k == "kernel" and not isinstance(v, dict):
+                out[k] = winograd.winograd_kernel(p.pop("kernel"))
+            else:
+                p[k] = dict(p[k])
+                out[k] = walk(v, p[k])
+        return out
+
+    return params, walk(shapes, params)
+
+
 def _onednn_conv(mod: nn.Conv, x, serial: bool):
     from hrnet_jax.kernels import onednn
     kernel, bias = _kernel_and_bias(mod, x.shape[-1])
@@ -111,6 +187,7 @@ class ExecutionPolicy:
     onednn: Optional[bool] = None
     cut_fusion: Optional[bool] = None
     pointwise_matmul: bool = True
+    winograd: int = 0
 
     def resolve(self) -> "ExecutionPolicy":
         """The policy with every ``None`` decided for this process (JAX's backend, its device count, whether the
@@ -126,7 +203,8 @@ class ExecutionPolicy:
         else:
             use_onednn = False
         cut = jax.default_backend() == "cpu" if self.cut_fusion is None else bool(self.cut_fusion)
-        return ExecutionPolicy(onednn=use_onednn, cut_fusion=cut, pointwise_matmul=bool(self.pointwise_matmul))
+        return ExecutionPolicy(onednn=use_onednn, cut_fusion=cut, pointwise_matmul=bool(self.pointwise_matmul),
+                               winograd=int(self.winograd))
 
     def interceptor(self, train: bool):
         """A ``flax.linen.intercept_methods`` interceptor applying this (resolved) policy to an HRNet called
@@ -136,6 +214,7 @@ class ExecutionPolicy:
         from hrnet_jax.models.layers import Conv
         blocks = tuple(BLOCKS.values())
         onednn, cut, pointwise = bool(self.onednn), bool(self.cut_fusion), bool(self.pointwise_matmul)
+        winograd = int(self.winograd)
 
         def intercept(next_fun, args, kwargs, context):
             mod = context.module
@@ -147,6 +226,8 @@ class ExecutionPolicy:
                     return _onednn_conv(mod, x, serial=True)
                 if pointwise and _pointwise(mod, x):
                     return _matmul_conv(mod, x)
+                if winograd and not train and _winograd_ok(mod, x, winograd):
+                    return _winograd_conv(mod, x)
                 if onednn and _onednn_ok(mod, x):
                     return _onednn_conv(mod, x, serial=False)
                 return next_fun(*args, **kwargs)

@@ -242,12 +242,14 @@ def _write_json(path: str, obj: dict) -> None:
 def export(checkpoint: str | None = None, out: str | None = None, *, task=None, variables=None, step=None,
            batch: int | str = "dynamic", platforms: Sequence[str] = DEFAULT_PLATFORMS, format: str = "jax",  # noqa: A002
            topk: int = 5, image_size: Sequence[int] | None = None, input_size=None, spec=None,
-           classes=None) -> str:
+           classes=None, winograd: int | None = None) -> str:
     """Writes the program of a checkpoint (or of ``task`` + ``variables``) and ``metadata.json`` into the folder
     ``out``; returns the artifact's path. ``batch``: ``"dynamic"`` (a symbolic batch) or a fixed size;
     ``image_size``: segmentation / classification input (H, W) (default: the task's evaluation size), pose: fix
     the image size (default any); ``input_size`` / ``spec`` / ``classes``: as ``hrnet_jax.predict`` for
-    converted checkpoints."""
+    converted checkpoints. ``winograd``: as :func:`hrnet_jax.inference.prepare` (default: Winograd 3x3 convs on
+    CPU when ``cpu`` is a platform, chosen per platform inside the program; never for ONNX, whose runtimes have
+    convolution kernels of their own)."""
     import jax
     from jax import export as jex
     from hrnet_jax import inference
@@ -263,7 +265,9 @@ def export(checkpoint: str | None = None, out: str | None = None, *, task=None, 
     if task.name == "segmentation":
         image_size = _seg_size(task, image_size)
     model = task.build_model()
-    apply_fn, v = inference.prepare(model, variables)   # XLA convs only: no oneDNN custom calls
+    # XLA convs only (no oneDNN custom calls); Winograd 3x3 convs on CPU (see the docstring)
+    apply_fn, v = inference.prepare(model, variables, platforms=platforms,
+                                    winograd=0 if format == "onnx" else winograd)
     v = jax.tree.map(np.asarray, v)
     kwargs = {"topk": int(topk)} if task.name == "classification" else {}
     fn = inference.task_fn(task, apply_fn, **kwargs)
@@ -295,6 +299,8 @@ def export(checkpoint: str | None = None, out: str | None = None, *, task=None, 
         extra = _save_savedmodel(program, specs, ins, outs, path, platforms)
     else:
         extra = _save_onnx(program, specs, ins, outs, path)
+    # how many 3x3 convs run by Winograd on CPU (0: all by the platform's own convolution)
+    extra["winograd_convs"] = len(jax.tree_util.tree_leaves(v.get("winograd", {})))
     _write_json(os.path.join(out, METADATA), _metadata(task, ins, outs, fmt=format, platforms=platforms, batch=batch,
                                                        topk=topk, targets=targets, extra=extra))
     return path

@@ -112,11 +112,12 @@ class FoldedModel:
     model: Any  # the model (a models.create PolicyModel or a bare HRNet), with the unfolded architecture
     counts: tuple = ()
 
-    def apply(self, params, x, **kwargs):
+    def apply(self, params, x, *, extra: dict | None = None, **kwargs):
+        """``extra``: more variable collections beside ``params`` (e.g. an execution policy's)."""
         if kwargs.pop("train", False):
             raise ValueError("a folded model is inference-only (train=False)")
         with nn.intercept_methods(_bn_interceptor):
-            return self.model.apply({"params": params}, x, train=False, **kwargs)
+            return self.model.apply({"params": params, **(extra or {})}, x, train=False, **kwargs)
 
     def __call__(self, params, x):
         return self.apply(params, x)
