@@ -234,7 +234,7 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from hrnet_jax import models
+    from hrnet_jax import inference, models
     from hrnet_jax import xla_options
     from hrnet_jax.models.fold import fold_batchnorm
 
@@ -252,16 +252,20 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     x1 = jnp.zeros((1, *hw, 3), jnp.float32)
     variables = _random_variables(model, x1)
     rng = np.random.default_rng(1)
-    folded, fparams = fold_batchnorm(model, variables)
+    # the folded inference: the inference entry point's preparation (BN folded, Winograd 3x3 convs on CPU)
+    apply_fn, fparams = inference.prepare(model, variables, winograd=_winograd_arg(args))
     opts = xla_options.inference()
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=opts)
-    infer_f = jax.jit(folded.apply, compiler_options=opts)
-    # The oneDNN custom calls are invisible to XLA's cost analysis: count the flops on an XLA-only copy.
+    infer_f = jax.jit(lambda v, x: apply_fn(v, x), compiler_options=opts)
+    # The oneDNN custom calls are invisible to XLA's cost analysis, and Winograd does fewer multiplications than
+    # the network's convolutions: count the network's flops on an XLA-only, direct-convolution copy.
     xla_model = model.clone(onednn=False) if model.execution.resolve().onednn else None
-    flops_of = {infer: None, infer_f: None}
+    folded_direct, fp_direct = fold_batchnorm(model.clone(onednn=False), variables)
+    fp_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fp_direct)
+    direct = SimpleNamespace(lower=lambda v, x: jax.jit(folded_direct.apply).lower(fp_shapes, x))
+    flops_of = {infer: None, infer_f: direct}
     if xla_model is not None:
-        flops_of = {infer: jax.jit(lambda v, x: xla_model.apply(v, x, train=False)),
-                    infer_f: jax.jit(fold_batchnorm(xla_model, variables)[0].apply)}
+        flops_of[infer] = jax.jit(lambda v, x: xla_model.apply(v, x, train=False))
 
     def run_infer(tag, fn, v, b):
         x = jnp.asarray(rng.standard_normal((b, *hw, 3), np.float32))
@@ -577,7 +581,7 @@ def bench_torch(head: str, tname: str, hw, batches, train_batch: int, num_output
     return out
 
 
-JAX_ARGS = ("warmup", "iters", "dtype", "no_scan", "scan_unroll", "onednn", "tiny", "no_unfolded")
+JAX_ARGS = ("warmup", "iters", "dtype", "no_scan", "scan_unroll", "onednn", "tiny", "no_unfolded", "winograd")
 TORCH_ARGS = ("warmup", "iters", "dtype", "torch_device", "torch_channels_last")
 
 
@@ -747,7 +751,7 @@ def markdown(results: dict) -> str:
              + (f", torch {m['torch']} ({m['torch_threads']} threads), timm {m.get('timm', '?')}"
                 if "torch" in m else ", torch not measured")
              + (f"; {results['config']['isolation']}" if "isolation" in results["config"] else "")
-             + f"; XLA_FLAGS='{m['xla_flags']}'; GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; inference compiler_options {m.get('inference_compiler_options')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
+             + f"; XLA_FLAGS='{m['xla_flags']}'; GLIBC_TUNABLES='{m.get('glibc_tunables', '')}'; inference compiler_options {m.get('inference_compiler_options')}; Winograd 3x3 convs (folded inference) {results['config'].get('winograd', 'off')}; oneDNN conv gradients {results['config'].get('onednn', 'auto')}: {m.get('onednn_conv_gradients', '-')}; dtype {results['config']['dtype']}; threads {results['config'].get('threads')}; load {m['load_at_start']}", ""]
     bs = results["config"]["batches"]
     small, big = min(bs), max(bs)
     tb = results["config"]["train_batch"]
@@ -894,8 +898,8 @@ def main(argv=None) -> dict:
                    help="XLA CPU convolutions through oneDNN (--xla_cpu_use_onednn; no measurable gain at low load on "
                         "the 2-core EPYC: W32 b4 116 GFLOP/s either way); keep (default) leaves XLA_FLAGS alone")
     p.add_argument("--winograd", default="auto",
-                   help="--deploy: Winograd 3x3 convs in the entry point and the artifact: auto (the default of "
-                        "hrnet_jax.inference.prepare), off, or a minimum channel count")
+                   help="Winograd 3x3 convs in the folded inference, the entry point and the artifact: auto (the "
+                        "default of hrnet_jax.inference.prepare), off, or a minimum channel count")
     p.add_argument("--deploy", action="store_true",
                    help="inference paths instead of the default rows, each in a fresh process: a user's plain "
                         "jax.jit(model.apply), the inference entry point (hrnet_jax.inference.compile) and the "
@@ -993,9 +997,9 @@ def main(argv=None) -> dict:
         results["seg_pipeline"] = bench_seg_pipeline(4, args.pipeline_batches)
     if args.cls_pipeline:
         results["cls_pipeline"] = bench_cls_pipeline(32, args.pipeline_batches)
+    results["config"]["winograd"] = args.winograd
     if args.deploy:
         results["config"]["deploy"] = True
-        results["config"]["winograd"] = args.winograd
         results["machine"]["cpu_flags"] = _cpu_vector_flags()
         print(deploy_markdown(results))
     else:
