@@ -259,8 +259,9 @@ def bench_jax(name: str, hw, batches: tuple[int, ...], train_batch: int, args, o
     infer_f = jax.jit(lambda v, x: apply_fn(v, x), compiler_options=opts)
     # The oneDNN custom calls are invisible to XLA's cost analysis, and Winograd does fewer multiplications than
     # the network's convolutions: count the network's flops on an XLA-only, direct-convolution copy.
-    xla_model = model.clone(onednn=False) if model.execution.resolve().onednn else None
-    folded_direct, fp_direct = fold_batchnorm(model.clone(onednn=False), variables)
+    direct_model = model.clone(onednn=False)
+    xla_model = direct_model if model.execution.resolve().onednn else None
+    folded_direct, fp_direct = fold_batchnorm(direct_model, variables)
     fp_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fp_direct)
     direct = SimpleNamespace(lower=lambda v, x: jax.jit(folded_direct.apply).lower(fp_shapes, x))
     flops_of = {infer: None, infer_f: direct}

@@ -159,7 +159,7 @@ def winograd_variables(apply_fn, params: dict, example: jax.Array) -> tuple[dict
     from hrnet_jax.kernels import winograd
     _, state = jax.eval_shape(lambda p, x: apply_fn({"params": p}, x, mutable=[WINOGRAD]), params, example)
     shapes = state.get(WINOGRAD, {})
-    params = jax.tree.map(lambda a: a, dict(params))  # a copy of the nested dicts that we may edit
+    params = dict(params)   # walk copies each dict on a path to a transformed kernel before editing it
 
     def walk(shape_tree, p):
         out = {}

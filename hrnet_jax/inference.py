@@ -110,7 +110,8 @@ def prepare(model, variables, *, fold: bool = True, winograd: int | None = None,
     out = {"params": params}
     if winograd:
         trace = lambda v, x, mutable: folded.apply(v["params"], x, mutable=mutable)  # noqa: E731
-        out["params"], out[WINOGRAD] = winograd_variables(trace, params, jnp.zeros((1, 64, 64, 3), jnp.float32))
+        params, transformed = winograd_variables(trace, params, jnp.zeros((1, 64, 64, 3), jnp.float32))
+        out = {"params": params, **({WINOGRAD: transformed} if transformed else {})}   # none: no collection
     return apply_folded, out
 
 
